@@ -1,0 +1,100 @@
+"""Shared timing and reporting for the benchmark scripts (nothing runs at import).
+
+On CUDA, times with triton.testing.do_bench (device events, median and p20/p80); on CPU
+with perf_counter over a few repeats (CPU numbers only show the scripts run: the
+interpreter is no speed reference). Peak memory is the CUDA allocator's peak.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+
+
+@dataclass
+class Row:
+    op: str
+    impl: str
+    shape: str
+    ms: float
+    ms_p20: float
+    ms_p80: float
+    gbps: Optional[float] = None
+    tflops: Optional[float] = None
+    peak_mib: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def time_fn(fn: Callable[[], object], cpu_repeats: int = 3) -> tuple:
+    """(median, p20, p80) milliseconds of fn()."""
+    if torch.cuda.is_available():
+        import triton.testing
+
+        q = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], return_mode="median")
+        return tuple(q)
+    fn()  # warm-up (compilation, allocation)
+    times = []
+    for _ in range(cpu_repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return statistics.median(times), times[0], times[-1]
+
+
+def peak_memory_mib(fn: Callable[[], object]) -> Optional[float]:
+    """Peak CUDA memory allocated during one call of fn, above what was live before."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(op: str, impl: str, shape: str, fn: Callable[[], object], nbytes: Optional[float] = None,
+            flops: Optional[float] = None, **extra) -> Row:
+    ms, p20, p80 = time_fn(fn)
+    return Row(op, impl, shape, ms, p20, p80,
+               gbps=None if nbytes is None else nbytes / ms / 1e6,
+               tflops=None if flops is None else flops / ms / 1e9,
+               peak_mib=peak_memory_mib(fn), extra=extra)
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(rows: List[Row]) -> str:
+    lines = ["| op | impl | shape | ms (p20-p80) | GB/s | TFLOP/s | peak MiB | notes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        notes = ", ".join(f"{k}={v}" for k, v in r.extra.items())
+        lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.ms:.3f} ({r.ms_p20:.3f}-{r.ms_p80:.3f}) | "
+                     f"{_fmt(r.gbps, '.0f')} | {_fmt(r.tflops, '.1f')} | {_fmt(r.peak_mib, '.0f')} | {notes} |")
+    return "\n".join(lines)
+
+
+def report(rows: List[Row], json_path: Optional[str] = None) -> None:
+    """Print the table; with json_path, also write rows with the device and versions."""
+    print(f"device: {device_name()}  torch {torch.__version__}")
+    print(markdown_table(rows))
+    if json_path:
+        import triton
+
+        meta = {"device": device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "date": time.strftime("%Y-%m-%d")}
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)

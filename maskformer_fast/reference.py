@@ -1,0 +1,119 @@
+"""Eager reference of every hot op: short, obviously right, and the spec for the kernels.
+
+Each function here has a Triton twin in ``kernels/``; ``maskformer_fast.ops`` is the only
+place that chooses between them. Formulas follow the official MaskFormer code
+(facebookresearch/MaskFormer, ``mask_former/modeling/{matcher,criterion}.py``).
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["group_norm_act", "attention", "mask_costs", "mask_losses"]
+
+FOCAL_ALPHA = 0.25
+FOCAL_GAMMA = 2.0
+
+
+def group_norm_act(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float = 1e-5,
+    activation: str = "relu",
+) -> torch.Tensor:
+    """GroupNorm (statistics in fp32 whatever x's dtype) followed by an activation.
+
+    x: [N, C, H, W] (any memory format). activation: "relu" or "none".
+    """
+    if activation not in ("relu", "none"):
+        raise ValueError(f"group_norm_act: activation must be 'relu' or 'none', got {activation!r}")
+    y = F.group_norm(
+        x.float(), num_groups,
+        None if weight is None else weight.float(),
+        None if bias is None else bias.float(), eps,
+    ).to(x.dtype)
+    return F.relu(y) if activation == "relu" else y
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q k^T * scale) v over the key axis.
+
+    q: [B, h, Lq, d]; k, v: [B, h, Lk, d]; key_padding_mask: bool [B, Lk], True = ignore
+    that key (nn.MultiheadAttention's convention). dropout_p drops attention weights, as
+    nn.MultiheadAttention does in training. Returns [B, h, Lq, d].
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights, v)
+
+
+def mask_costs(
+    pred_masks: torch.Tensor,
+    target_masks: torch.Tensor,
+    num_targets: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise focal and dice matching costs, batched over images.
+
+    pred_masks: logits [B, Q, h, w]; target_masks: {0,1} [B, K, h, w], padded per image;
+    num_targets: int [B]. Returns (focal_cost, dice_cost), each float32 [B, Q, K]; columns
+    k >= num_targets[b] are 0. Accumulation is fp32 whatever the input dtype.
+    """
+    B, Q = pred_masks.shape[:2]
+    K = target_masks.shape[1]
+    x = pred_masks.reshape(B, Q, -1).float()
+    t = target_masks.reshape(B, K, -1).float()
+    hw = x.shape[-1]
+    prob = x.sigmoid()
+    # softplus(-x) = BCE(x, 1) and softplus(x) = BCE(x, 0), both stable for large |x|.
+    focal_pos = FOCAL_ALPHA * (1 - prob) ** FOCAL_GAMMA * F.softplus(-x)
+    focal_neg = (1 - FOCAL_ALPHA) * prob ** FOCAL_GAMMA * F.softplus(x)
+    focal = (torch.einsum("bqp,bkp->bqk", focal_pos, t)
+             + torch.einsum("bqp,bkp->bqk", focal_neg, 1 - t)) / hw
+    numerator = 2 * torch.einsum("bqp,bkp->bqk", prob, t)
+    denominator = prob.sum(-1)[:, :, None] + t.sum(-1)[:, None, :]
+    dice = 1 - (numerator + 1) / (denominator + 1)
+    valid = torch.arange(K, device=x.device)[None, :] < num_targets.to(x.device)[:, None]
+    valid = valid[:, None, :]
+    return focal * valid, dice * valid
+
+
+def mask_losses(
+    pred_masks: torch.Tensor,
+    target_masks: torch.Tensor,
+    num_masks: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid focal and dice losses of matched masks, predictions upsampled to the targets.
+
+    pred_masks: logits [M, h, w] (stride 4); target_masks: {0,1} [M, H, W] at the padded
+    image size. The prediction is upsampled bilinearly (align_corners=False) to H x W.
+    Returns unweighted (focal_loss, dice_loss) scalars: focal is averaged over pixels,
+    both are summed over masks and divided by num_masks.
+    """
+    M = pred_masks.shape[0]
+    x = F.interpolate(pred_masks[:, None].float(), size=target_masks.shape[-2:],
+                      mode="bilinear", align_corners=False).reshape(M, -1)
+    t = target_masks.reshape(M, -1).to(x.dtype)
+    prob = x.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = prob * t + (1 - prob) * (1 - t)
+    alpha_t = FOCAL_ALPHA * t + (1 - FOCAL_ALPHA) * (1 - t)
+    focal = (alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA).mean(1).sum() / num_masks
+    numerator = 2 * (prob * t).sum(-1)
+    denominator = prob.sum(-1) + t.sum(-1)
+    dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return focal, dice

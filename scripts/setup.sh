@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a venv with the pinned stack, the package and its C++ extension.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -U pip
+.venv/bin/pip install -q -r requirements-test.txt
+# --no-build-isolation: build the extension against the pinned torch above, not a second unpinned one.
+.venv/bin/pip install -q --no-build-isolation -e .

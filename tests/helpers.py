@@ -1,0 +1,28 @@
+"""Comparison helpers shared by the tests."""
+import torch
+
+
+def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float, name: str = ""):
+    """assert_close that names the worst elements when it fails."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.double(), expected.double()
+    assert torch.isfinite(a).all() == torch.isfinite(e).all(), f"{name}: non-finite values differ"
+    err = (a - e).abs()
+    bad = err > atol + rtol * e.abs()
+    if bad.any():
+        idx = bad.nonzero()[:5].tolist()
+        details = ", ".join(f"{tuple(i)}: {a[tuple(i)].item():.6g} vs {e[tuple(i)].item():.6g}" for i in idx)
+        raise AssertionError(f"{name}: {int(bad.sum())}/{bad.numel()} elements differ "
+                             f"(max abs err {err.max().item():.3g}); first: {details}")
+
+
+def error_ratio_ok(kernel_out: torch.Tensor, torch_out: torch.Tensor, ref64: torch.Tensor, factor: float = 2.0,
+                   floor: float = 1e-6) -> bool:
+    """FlashAttention-style tolerance: kernel error at most `factor` x plain torch's error.
+
+    Both errors are measured against a float64 reference; `floor` absorbs the case where
+    plain torch happens to be exact.
+    """
+    k_err = (kernel_out.double() - ref64).abs().max().item()
+    t_err = (torch_out.double() - ref64).abs().max().item()
+    return k_err <= factor * t_err + floor
