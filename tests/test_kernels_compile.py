@@ -1,0 +1,121 @@
+"""Every Triton kernel in ``kernels/`` compiles for sm_90 and sm_80, at every registered config.
+
+The interpreter is lenient (``tl.dot`` on 8x8 blocks runs interpreted but does not compile),
+so the kernels are also compiled for real GPUs here, without one.
+
+Convention (for every kernel module ``kernels/<name>.py``, names starting with "_" excluded):
+the module exposes ``COMPILE_CONFIGS``, a non-empty list of
+``maskformer_fast.kernels._settings.CompileConfig(fn, signature, constexprs, num_warps,
+num_stages)`` covering each block configuration / dtype its launcher can pick. ``signature``
+names every argument of ``fn`` with its Triton type ("*fp32", "i32", ... and "constexpr"
+for constexpr arguments, whose values are in ``constexprs``).
+
+Compilation runs in a subprocess without TRITON_INTERPRET (tests/conftest.py sets it, and
+under it ``@triton.jit`` yields an interpreter wrapper that ``triton.compile`` rejects).
+
+Run directly for the resource table that NOTES.md records:
+    .venv/bin/python tests/test_kernels_compile.py [module ...]
+prints registers, spilled bytes and shared memory per kernel and config (``--json`` for JSON).
+"""
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
+ARCHS = (90, 80)
+
+
+def kernel_module_names():
+    return sorted(p.stem for p in KERNEL_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """Registers / local (spill) / static shared bytes from cuobjdump, which ships with Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    usage = {}
+    for line in out.splitlines():
+        if "REG:" in line:
+            for field in line.split():
+                key, _, value = field.partition(":")
+                if key in ("REG", "LOCAL", "SHARED"):
+                    usage[key.lower()] = int(value)
+    return usage
+
+
+def compile_module(name: str, archs=ARCHS) -> list:
+    """Compile every COMPILE_CONFIGS entry of kernels/<name>.py; one result dict per (config, arch)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module = importlib.import_module(f"maskformer_fast.kernels.{name}")
+    configs = getattr(module, "COMPILE_CONFIGS", None)
+    if not configs:
+        return [{"module": name, "error": "module exposes no COMPILE_CONFIGS"}]
+    results = []
+    for cfg in configs:
+        shown = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in cfg.constexprs.items()}
+        for arch in archs:
+            row = {"module": name, "kernel": cfg.fn.__name__, "arch": arch, "constexprs": shown,
+                   "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            try:
+                src = ASTSource(fn=cfg.fn, signature=cfg.signature, constexprs=cfg.constexprs)
+                compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                          options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+                row["dynamic_shared"] = compiled.metadata.shared
+                row.update(_resource_usage(compiled.asm["cubin"]))
+            except Exception as e:  # reported per config by the test
+                row["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
+            results.append(row)
+    return results
+
+
+def _compile_in_subprocess(name: str) -> list:
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, __file__, "--json", name], capture_output=True, text=True, env=env,
+                          cwd=str(KERNEL_DIR.parent))
+    assert proc.returncode == 0, f"compile subprocess for {name} failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("module", kernel_module_names())
+def test_kernel_module_compiles_for_sm90_and_sm80(module):
+    results = _compile_in_subprocess(module)
+    errors = [r for r in results if "error" in r]
+    assert not errors, "\n".join(f"{r.get('kernel')} sm_{r.get('arch')} {r.get('constexprs')}: {r['error']}"
+                                 for r in errors)
+    assert {r["arch"] for r in results} == set(ARCHS)
+
+
+def _table(rows: list) -> str:
+    lines = ["| kernel | constexprs | warps | arch | regs | spill B | shared B |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('constexprs')} | | {r.get('arch')} | "
+                         f"FAILED: {r['error'][:80]} | | |")
+            continue
+        cx = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
+        lines.append(f"| {r['kernel']} | {cx} | {r['num_warps']} | sm_{r['arch']} | {r.get('reg')} | "
+                     f"{r.get('local')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    as_json = "--json" in args
+    names = [a for a in args if not a.startswith("--")] or kernel_module_names()
+    rows = [row for name in names for row in compile_module(name)]
+    print(json.dumps(rows) if as_json else _table(rows))
