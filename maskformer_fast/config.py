@@ -1,0 +1,253 @@
+"""MaskFormer configuration: one flat dataclass and the paper's presets.
+
+Every field is flat so that ``KEY=VALUE`` overrides are easy::
+
+    cfg = get_config("maskformer_r50_ade20k", num_decoder_layers=2, crop_size="384,384")
+
+Preset names are ``maskformer_{backbone}_{dataset}`` for every backbone in ``BACKBONES`` and
+dataset in ``DATASETS`` (``list_presets()``). Architecture and recipe values come from the
+official configs (facebookresearch/MaskFormer ``configs/``, ``mask_former/config.py``) and the
+paper (Cheng et al. 2021, Sec. 4 and Appendix).
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+__all__ = ["MaskFormerConfig", "get_config", "list_presets", "BACKBONES", "DATASETS"]
+
+BACKBONES = ("resnet50", "resnet101", "resnet101c", "swin_tiny", "swin_small", "swin_base", "swin_large")
+DATASETS = ("ade20k", "ade20k_full", "coco_panoptic", "coco_stuff", "cityscapes", "mapillary")
+LR_SCHEDULES = ("poly", "multistep")
+
+# preset short name -> backbone
+_PRESET_BACKBONES = {
+    "r50": "resnet50", "r101": "resnet101", "r101c": "resnet101c",
+    "swin_t": "swin_tiny", "swin_s": "swin_small", "swin_b": "swin_base", "swin_l": "swin_large",
+}
+_NUM_CLASSES = {"ade20k": 150, "ade20k_full": 847, "coco_panoptic": 133, "coco_stuff": 171,
+                "cityscapes": 19, "mapillary": 65}
+
+
+@dataclass
+class MaskFormerConfig:
+    """All settings of one MaskFormer model and its training/test recipe.
+
+    Architecture fields mirror the official ``MODEL.*`` keys; recipe fields mirror
+    ``SOLVER.*``/``INPUT.*``/``TEST.*``. Sizes are (height, width).
+    """
+    name: str = "maskformer_r50_ade20k"
+    backbone: str = "resnet50"
+    dataset: str = "ade20k"
+    num_classes: int = 150
+
+    # transformer predictor (MODEL.MASK_FORMER)
+    num_queries: int = 100
+    hidden_dim: int = 256
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    num_decoder_layers: int = 6
+    deep_supervision: bool = True
+    # 1x1 projection of the transformer input even when its width already equals hidden_dim
+    enforce_input_project: bool = False
+
+    # pixel decoder (MODEL.SEM_SEG_HEAD)
+    conv_dim: int = 256
+    mask_dim: int = 256
+    # 0: BasePixelDecoder; 6: the "+6Enc" TransformerEncoderPixelDecoder (COCO R50/R101)
+    pixel_decoder_encoder_layers: int = 0
+
+    # backbone
+    frozen_bn: bool = True              # ResNet BatchNorm -> FrozenBatchNorm2d (official)
+    drop_path_rate: float = 0.0         # Swin stochastic depth (0.3 in every official Swin config)
+    window_size: int = 7                # Swin window (12 for the 384-pretrained Swin-B/L)
+    pretrain_img_size: int = 224        # Swin pretraining resolution (384 for Swin-B/L)
+
+    # loss (MODEL.MASK_FORMER)
+    class_weight: float = 1.0
+    mask_weight: float = 20.0
+    dice_weight: float = 1.0
+    no_object_weight: float = 0.1
+
+    # input normalisation (MODEL.PIXEL_MEAN/STD, RGB, 0-255 scale)
+    pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)
+    pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
+    size_divisibility: int = 32
+    ignore_value: int = 255
+
+    # training recipe (SOLVER / INPUT)
+    crop_size: Tuple[int, ...] = (512, 512)   # semantic mapper crop; the COCO DETR mapper crops 384-600 itself
+    min_scale: float = 0.5                    # short-side jitter, as a multiple of crop_size[0]
+    max_scale: float = 2.0
+    batch_size: int = 16
+    max_iter: int = 160000
+    base_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    backbone_lr_multiplier: float = 0.1
+    warmup_iters: int = 0
+    lr_schedule: str = "poly"
+    lr_steps: Tuple[int, ...] = ()
+    poly_power: float = 0.9
+    clip_grad_norm: float = 0.01              # full-model L2 clipping
+
+    # test
+    test_short_side: int = 512
+    test_max_size: int = 2048
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    tta_scales: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    tta_flip: bool = True
+
+    def __post_init__(self):
+        for key, choices in (("backbone", BACKBONES), ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"MaskFormerConfig.{key} must be one of {choices}, got {getattr(self, key)!r}")
+        for key in ("num_classes", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "num_decoder_layers",
+                    "conv_dim", "mask_dim", "window_size", "size_divisibility", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"MaskFormerConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.hidden_dim % self.nheads:
+            raise ValueError(f"MaskFormerConfig.hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
+        if self.conv_dim % 32:
+            raise ValueError(f"MaskFormerConfig.conv_dim must be a multiple of 32 (GroupNorm(32)), got {self.conv_dim}")
+        if self.pixel_decoder_encoder_layers < 0:
+            raise ValueError(f"MaskFormerConfig.pixel_decoder_encoder_layers must be >= 0, "
+                             f"got {self.pixel_decoder_encoder_layers}")
+        if len(self.crop_size) != 2:
+            raise ValueError(f"MaskFormerConfig.crop_size must be (height, width), got {self.crop_size}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("MaskFormerConfig.pixel_mean and pixel_std must have 3 values (RGB)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MaskFormerConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def is_swin(self) -> bool:
+        return self.backbone.startswith("swin")
+
+
+_FIELD_TYPES = typing.get_type_hints(MaskFormerConfig)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _coerce_scalar(key: str, kind: type, value: Any) -> Any:
+    """value as `kind` (int/float/bool/str), accepting the string forms KEY=VALUE gives."""
+    bad = ValueError(f"config field {key!r} expects {kind.__name__}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if isinstance(value, bool):  # bool is an int subclass: refuse it for numbers and strings
+        raise bad
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    raise TypeError(f"unsupported config field type {kind} for {key!r}")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check/convert an override against the dataclass field type (tuples from lists or "a,b")."""
+    kind = _FIELD_TYPES[key]
+    if typing.get_origin(kind) is tuple:
+        item_kind = typing.get_args(kind)[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config field {key!r} expects a sequence of {item_kind.__name__}, got {value!r}")
+        return tuple(_coerce_scalar(key, item_kind, v) for v in value)
+    return _coerce_scalar(key, kind, value)
+
+
+def _backbone_settings(backbone: str) -> Dict[str, Any]:
+    if not backbone.startswith("swin"):
+        return dict(frozen_bn=True, drop_path_rate=0.0)
+    large_window = backbone in ("swin_base", "swin_large")  # the IN-21k 384 checkpoints
+    return dict(drop_path_rate=0.3, window_size=12 if large_window else 7,
+                pretrain_img_size=384 if large_window else 224)
+
+
+def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
+    """SOLVER/INPUT/TEST values of the official config for this backbone and dataset."""
+    swin = backbone.startswith("swin")
+    r: Dict[str, Any] = dict(num_classes=_NUM_CLASSES[dataset], dataset=dataset)
+    if dataset in ("ade20k", "ade20k_full"):
+        r.update(batch_size=16, crop_size=(512, 512), max_iter=160000 if dataset == "ade20k" else 200000,
+                 test_short_side=512, test_max_size=2048)
+        if dataset == "ade20k" and backbone in ("swin_base", "swin_large"):
+            r.update(crop_size=(640, 640), test_short_side=640, test_max_size=2560)
+    elif dataset == "coco_stuff":
+        r.update(batch_size=32, crop_size=(640, 640), max_iter=60000, test_short_side=640, test_max_size=2560)
+    elif dataset == "cityscapes":
+        r.update(batch_size=16, crop_size=(512, 1024), max_iter=90000, test_short_side=1024, test_max_size=2048)
+    elif dataset == "mapillary":
+        r.update(batch_size=16, crop_size=(1280, 1280), max_iter=300000, test_short_side=2048, test_max_size=8192)
+    elif dataset == "coco_panoptic":
+        # DETR panoptic recipe: 554k iterations at batch 64 (~300 epochs), one lr step at 2/3
+        r.update(batch_size=64, crop_size=(800, 1333), max_iter=554400, lr_schedule="multistep",
+                 lr_steps=(369600,), warmup_iters=10, test_short_side=800, test_max_size=1333)
+        if swin:
+            r.update(enforce_input_project=True)
+        else:
+            r.update(pixel_decoder_encoder_layers=6)  # "+6Enc"
+    if swin:
+        r.update(base_lr=6e-5, weight_decay=0.01, backbone_lr_multiplier=1.0)
+        if dataset != "coco_panoptic":
+            r.update(warmup_iters=1500)
+    return r
+
+
+def _build_presets() -> Dict[str, Dict[str, Any]]:
+    presets = {}
+    for short, backbone in _PRESET_BACKBONES.items():
+        for dataset in DATASETS:
+            name = f"maskformer_{short}_{dataset}"
+            presets[name] = dict(name=name, backbone=backbone, **_backbone_settings(backbone),
+                                 **_recipe(backbone, dataset))
+    return presets
+
+
+_PRESETS = _build_presets()
+
+
+def list_presets() -> List[str]:
+    """Names accepted by get_config."""
+    return sorted(_PRESETS)
+
+
+def get_config(name: str = "maskformer_r50_ade20k", **overrides: Any) -> MaskFormerConfig:
+    """The preset `name` with `overrides` applied (values type-checked against the fields).
+
+    Raises ValueError naming an unknown preset, an unknown field or a value of the wrong type.
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown MaskFormer preset {name!r}; known presets: {', '.join(list_presets())}")
+    values = dict(_PRESETS[name])
+    known = {f.name for f in dataclasses.fields(MaskFormerConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"unknown MaskFormerConfig field {key!r} (preset {name!r})")
+        values[key] = _coerce(key, value)
+    return MaskFormerConfig(**values)
