@@ -8,7 +8,7 @@
 * :class:`PanopticTrainMapper` follows ``DETRPanopticDatasetMapper`` (COCO panoptic): flip,
   then either a short-side resize or (half the time) a 400/500/600 resize + random crop
   384..600 before it; one mask per non-crowd segment.
-* :class:`TestMapper` resizes the short side to the test size for inference.
+* :class:`EvalMapper` resizes the short side to the test size for inference.
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation depends only on the seed the loader derives for it (see ``train.py``).
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 __all__ = ["resized_shape", "resize_image", "resize_label", "ColorAugSSD", "SemanticTrainMapper",
-           "PanopticTrainMapper", "TestMapper", "collate"]
+           "PanopticTrainMapper", "EvalMapper", "collate"]
 
 
 def resized_shape(height: int, width: int, short: float, max_size: float) -> Tuple[int, int]:
@@ -226,7 +226,7 @@ class PanopticTrainMapper:
         return {"image": _to_chw(image), **panoptic_targets(ids, sample["segments_info"])}
 
 
-class TestMapper:
+class EvalMapper:
     """Resize the short side to ``short_side`` (long side <= ``max_size``); labels stay at full size."""
 
     def __init__(self, short_side: int, max_size: int):
