@@ -1,0 +1,66 @@
+// Exact rectangular linear sum assignment (shortest augmenting path, Jonker-Volgenant as
+// formulated by Crouse 2016 -- the algorithm behind scipy.optimize.linear_sum_assignment),
+// batched over padded problems. No torch dependency: the pybind11 binding and the C++ unit
+// test both build on this header.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace maskformer_fast {
+
+enum class LsaStatus : int8_t {
+  kOk = 0,
+  kInfeasible = 1,    // no complete matching avoids the +inf (forbidden) pairs
+  kInvalidEntry = 2,  // a NaN or -inf cost
+};
+
+// Thrown by solve_lsa_batch for the first (lowest batch index) problem that failed.
+class LsaError : public std::invalid_argument {
+ public:
+  LsaError(int64_t batch_index, LsaStatus status);
+  int64_t batch_index() const { return batch_index_; }
+  LsaStatus status() const { return status_; }
+
+ private:
+  int64_t batch_index_;
+  LsaStatus status_;
+};
+
+// Scratch memory of one solver thread, grown on demand and reused across problems.
+struct LsaWorkspace {
+  std::vector<double> cost;      // the problem as [short side, long side], contiguous
+  std::vector<double> u, v;      // row and column duals
+  std::vector<double> shortest;  // shortest path length to each column in one search
+  std::vector<int64_t> path;     // row preceding each column on its shortest path
+  std::vector<int64_t> col4row, row4col;
+  std::vector<int64_t> remaining;     // columns not yet reached in the current search
+  std::vector<int64_t> visited_rows;  // rows reached in the current search
+  std::vector<char> col_done;         // column reached in the current search
+};
+
+// Solves one problem: cost[i * row_stride + j] for i < rows, j < cols (row_stride >= cols).
+// Writes col_for_row[i] = matched column or -1 (rows > cols leaves rows - cols unmatched).
+// The minimum is over matchings of size min(rows, cols), as scipy's. Arithmetic is float64.
+template <typename T>
+LsaStatus solve_lsa(const T* cost, int64_t rows, int64_t cols, int64_t row_stride,
+                    int64_t* col_for_row, LsaWorkspace& ws);
+
+// Runs body(begin, end) over disjoint chunks covering [0, n), possibly concurrently.
+using ParallelFor =
+    std::function<void(int64_t n, const std::function<void(int64_t begin, int64_t end)>& body)>;
+
+// A ParallelFor on std::thread (num_threads <= 0: hardware concurrency).
+ParallelFor thread_parallel_for(int num_threads);
+
+// Solves problem b = cost[b, :, :num_cols[b]] (cost is contiguous [batch, rows, cols]) for
+// every b, writing out[b, :rows]. num_cols == nullptr means every problem uses all cols.
+// Throws LsaError naming the lowest failing batch index after all problems ran.
+template <typename T>
+void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
+                     const int64_t* num_cols, int64_t* out, const ParallelFor& parallel_for);
+
+}  // namespace maskformer_fast
