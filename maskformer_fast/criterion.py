@@ -168,6 +168,8 @@ class MaskFormerCriterion(nn.Module):
         L = len(layers)
         B, Q = layers[0][0].shape[:2]
         K = tgt.labels.shape[1]
+        if K == 0:  # no targets anywhere in the batch: nothing to match
+            return torch.full((L, B, Q), -1, dtype=torch.int64, device=layers[0][0].device)
         num_targets = torch.tensor(tgt.counts, dtype=torch.int64)
         pred_masks = torch.stack([m for _, m in layers], 1).flatten(1, 2)  # [B, L*Q, h, w]
         focal, dice = ops.mask_costs(pred_masks, tgt.low_res, num_targets.to(pred_masks.device))
