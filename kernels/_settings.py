@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["CompileConfig", "next_power_of_2", "block_and_warps", "interpreting", "triton_type", "tl_dtype"]
+__all__ = ["CompileConfig", "compile_config", "next_power_of_2", "block_and_warps", "interpreting", "triton_type", "tl_dtype"]
 
 # Largest block one program keeps in registers; bigger rows are split or looped over.
 MAX_BLOCK = 16384
@@ -33,6 +33,15 @@ class CompileConfig(NamedTuple):
     constexprs: Dict[str, Any]
     num_warps: int = 4
     num_stages: int = 3
+
+
+def compile_config(fn, types: Dict[str, str], constexprs: Dict[str, Any], num_warps: int = 4,
+                   num_stages: int = 3) -> CompileConfig:
+    """CompileConfig whose signature lists fn's arguments in order: "constexpr" for those in
+    ``constexprs``, ``types[name]`` for the others (extra keys in ``types`` are ignored, so one
+    type table can serve several kernels)."""
+    signature = {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
+    return CompileConfig(fn, signature, dict(constexprs), num_warps, num_stages)
 
 
 def next_power_of_2(n: int) -> int:

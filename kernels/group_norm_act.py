@@ -1,0 +1,360 @@
+"""GroupNorm + activation (ReLU or none) in Triton, forward and backward.
+
+Fuses the pixel decoder's GN -> ReLU into one pass over the conv output: statistics in fp32
+(fp64 for fp64 input), normalise, affine, ReLU, store in x's dtype. Eager runs GN (stats
+pass + apply pass) and then ReLU (another read and write).
+
+A group is ``C/G`` channels x ``H*W`` pixels. The launcher picks one of two schedules:
+
+* one pass -- the whole group fits one program's registers (<= ``ONE_PASS_MAX`` elements):
+  one program per (n, g) loads the group once, reduces, normalises and stores.
+  Memory traffic: read x + write y (the floor).
+* two phases -- bigger groups are cut into chunks of ``CHUNK`` elements, one program per
+  (n, g, chunk). Phase 1 stores each chunk's mean and M2 (sum of squared deviations from the
+  chunk mean, exact in registers); phase 2 combines the chunk statistics with Chan's formula
+  (no E[x^2] - E[x]^2 cancellation), normalises its chunk and stores it. Traffic: 2 reads of x
+  + 1 write.
+
+Backward (y = act(xhat * w + b), xhat = (x - mean) * rstd, per group of M elements):
+  dz = dy * (z > 0) for ReLU (z recomputed from x: output > 0 iff z > 0), dbias_c = sum dz,
+  dweight_c = sum dz * xhat, and with dxhat = dz * w_c:
+  dx = rstd * (dxhat - (sum dxhat + xhat * sum dxhat * xhat) / M).
+The group sums follow from the per-channel ones (sum dxhat = sum_c w_c dbias_c, ...), so
+phase 1 only stores per-(n, c, chunk) partials of dbias and dweight; phase 2 (or the one
+pass) reduces them and writes dx. dweight / dbias are the partials summed over n and chunks.
+
+Layouts: x contiguous (NCHW) or channels_last, read through its strides (Triton specialises
+the unit stride, so either layout gets contiguous vector loads); y keeps x's layout.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._settings import block_and_warps, compile_config, next_power_of_2, tl_dtype, triton_type
+
+__all__ = ["group_norm_act", "supports", "COMPILE_CONFIGS"]
+
+ACTIVATIONS = ("relu", "none")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Groups up to ONE_PASS_MAX elements (padded to powers of two) use the one-pass schedule;
+# larger ones are split into chunks of CHUNK elements. Tests shrink both to reach the
+# two-phase path at interpreter-friendly sizes.
+ONE_PASS_MAX = 8192
+CHUNK = 4096
+MAX_CHANNELS_PER_GROUP = 4096
+
+
+@triton.jit
+def _group_tile(x_ptr, n, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
+                CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Offsets [CPG_BLOCK, BLOCK_P] and validity mask of one chunk of group (n, g)."""
+    c = tl.arange(0, CPG_BLOCK)
+    p = chunk * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = (c < CPG)[:, None] & (p < HW)[None, :]
+    offsets = n.to(tl.int64) * stride_n + (g * CPG + c)[:, None].to(tl.int64) * stride_c + p[None, :] * stride_p
+    return offsets, mask
+
+
+@triton.jit
+def _gn_fwd_stats_kernel(x_ptr, mean_part_ptr, m2_part_ptr, HW, CPG, G, num_chunks,
+                         stride_n, stride_c, stride_p,
+                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """Phase 1: mean and M2 of chunk program_id(1) of group program_id(0) = n * G + g."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offsets, mask = _group_tile(x_ptr, row // G, row % G, chunk, HW, CPG, stride_n, stride_c, stride_p,
+                                CPG_BLOCK, BLOCK_P)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    count = tl.sum(tl.sum(mask.to(ACC), axis=1), axis=0)
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    dev = tl.where(mask, x - mean, 0.0)
+    m2 = tl.sum(tl.sum(dev * dev, axis=1), axis=0)
+    tl.store(mean_part_ptr + row * num_chunks + chunk, mean)
+    tl.store(m2_part_ptr + row * num_chunks + chunk, m2)
+
+
+@triton.jit
+def _gn_fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_part_ptr, m2_part_ptr, mean_ptr, rstd_ptr,
+                         HW, CPG, G, num_chunks, eps, stride_n, stride_c, stride_p,
+                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
+                         ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
+    """Normalise + affine + activation of one chunk; ONE_PASS: the chunk is the whole group."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    g = row % G
+    offsets, mask = _group_tile(x_ptr, row // G, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
+                                CPG_BLOCK, BLOCK_P)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    if ONE_PASS:
+        count = tl.sum(tl.sum(mask.to(ACC), axis=1), axis=0)
+        mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+        dev = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(tl.sum(dev * dev, axis=1), axis=0) / count
+    else:
+        # Chan et al.: combine per-chunk (count, mean, M2) without cancellation.
+        k = tl.arange(0, CHUNKS_BLOCK)
+        valid = k < num_chunks
+        pixels = tl.minimum(tl.maximum(HW - k * BLOCK_P, 0), BLOCK_P)
+        counts = tl.where(valid, pixels * CPG, 0).to(ACC)
+        means = tl.load(mean_part_ptr + row * num_chunks + k, mask=valid, other=0.0)
+        m2s = tl.load(m2_part_ptr + row * num_chunks + k, mask=valid, other=0.0)
+        total = tl.sum(counts, axis=0)
+        mean = tl.sum(counts * means, axis=0) / total
+        spread = means - mean
+        var = tl.sum(m2s + counts * spread * spread, axis=0) / total
+    rstd = 1.0 / tl.sqrt(var + eps)
+    c = tl.arange(0, CPG_BLOCK)
+    w = tl.load(w_ptr + g * CPG + c, mask=c < CPG, other=0.0).to(ACC)
+    b = tl.load(b_ptr + g * CPG + c, mask=c < CPG, other=0.0).to(ACC)
+    y = (x - mean) * rstd * w[:, None] + b[:, None]
+    if RELU:
+        y = tl.maximum(y, 0.0)
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if chunk == 0:
+        tl.store(mean_ptr + row, mean)
+        tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
+def _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk, HW, CPG, G,
+                 stride_n, stride_c, stride_p,
+                 CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
+    """xhat, dz (= dy through the activation), w and the tile offsets/mask of one chunk."""
+    g = row % G
+    offsets, mask = _group_tile(x_ptr, row // G, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
+                                CPG_BLOCK, BLOCK_P)
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    mean = tl.load(mean_ptr + row)
+    rstd = tl.load(rstd_ptr + row)
+    c = tl.arange(0, CPG_BLOCK)
+    w = tl.load(w_ptr + g * CPG + c, mask=c < CPG, other=0.0).to(ACC)
+    b = tl.load(b_ptr + g * CPG + c, mask=c < CPG, other=0.0).to(ACC)
+    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    dz = dy
+    if RELU:
+        # same expression as the forward, so the mask is exactly "output > 0"
+        dz = tl.where(xhat * w[:, None] + b[:, None] > 0.0, dy, 0.0)
+    return xhat, dz, w, rstd, offsets, mask
+
+
+@triton.jit
+def _gn_bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_part_ptr, db_part_ptr,
+                         C, HW, CPG, G, num_chunks, stride_n, stride_c, stride_p,
+                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
+    """Phase 1 of the backward: per-(n, c, chunk) sums of dz and dz * xhat."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
+                                                    HW, CPG, G, stride_n, stride_c, stride_p,
+                                                    CPG_BLOCK, BLOCK_P, RELU, ACC)
+    c = tl.arange(0, CPG_BLOCK)
+    channel = (row // G) * C + (row % G) * CPG + c
+    tl.store(db_part_ptr + channel * num_chunks + chunk, tl.sum(dz, axis=1), mask=c < CPG)
+    tl.store(dw_part_ptr + channel * num_chunks + chunk, tl.sum(dz * xhat, axis=1), mask=c < CPG)
+
+
+@triton.jit(do_not_specialize=["HW", "CPG"])  # CPG * HW stays a runtime integer
+def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_part_ptr, db_part_ptr,
+                         C, HW, CPG, G, num_chunks, stride_n, stride_c, stride_p,
+                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
+                         ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
+    """dx of one chunk; ONE_PASS: the chunk is the whole group and its partials are stored here."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
+                                                    HW, CPG, G, stride_n, stride_c, stride_p,
+                                                    CPG_BLOCK, BLOCK_P, RELU, ACC)
+    c = tl.arange(0, CPG_BLOCK)
+    channel = (row // G) * C + (row % G) * CPG + c
+    if ONE_PASS:
+        db_c = tl.sum(dz, axis=1)
+        dw_c = tl.sum(dz * xhat, axis=1)
+        tl.store(db_part_ptr + channel, db_c, mask=c < CPG)
+        tl.store(dw_part_ptr + channel, dw_c, mask=c < CPG)
+    else:
+        k = tl.arange(0, CHUNKS_BLOCK)
+        part = channel[:, None] * num_chunks + k[None, :]
+        part_mask = (c < CPG)[:, None] & (k < num_chunks)[None, :]
+        db_c = tl.sum(tl.load(db_part_ptr + part, mask=part_mask, other=0.0), axis=1)
+        dw_c = tl.sum(tl.load(dw_part_ptr + part, mask=part_mask, other=0.0), axis=1)
+    sum_dxhat = tl.sum(w * db_c, axis=0)
+    sum_dxhat_xhat = tl.sum(w * dw_c, axis=0)
+    inv_count = 1.0 / (CPG * HW).to(ACC)
+    dx = rstd * (dz * w[:, None] - (sum_dxhat + xhat * sum_dxhat_xhat) * inv_count)
+    tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+class _Schedule:
+    """Block sizes and grid for a group of CPG channels x HW pixels."""
+
+    def __init__(self, cpg: int, hw: int):
+        self.cpg_block = next_power_of_2(cpg)
+        whole = self.cpg_block * next_power_of_2(hw)
+        self.one_pass = whole <= ONE_PASS_MAX
+        if self.one_pass:
+            self.block_p = next_power_of_2(hw)
+        else:
+            self.block_p = max(1, CHUNK // self.cpg_block)
+        self.num_chunks = triton.cdiv(hw, self.block_p)
+        self.chunks_block = next_power_of_2(self.num_chunks)
+        _, self.num_warps = block_and_warps(self.cpg_block * self.block_p)
+
+
+def _strides(x: torch.Tensor):
+    """(x, stride_n, stride_c, stride_pixel) with x contiguous or channels_last."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    sn, sc, sh, sw = x.stride()
+    # H*W pixels walk with one stride in both layouts (sh = W * sw), also when H or W is 1.
+    return x, sn, sc, sw
+
+
+def _check_inputs(x, num_groups, weight, bias, eps, activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"group_norm_act: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if x.dim() != 4:
+        raise ValueError(f"group_norm_act: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"group_norm_act: x dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    C = x.shape[1]
+    if num_groups <= 0 or C % num_groups:
+        raise ValueError(f"group_norm_act: {C} channels are not divisible into {num_groups} groups")
+    if C // num_groups > MAX_CHANNELS_PER_GROUP:
+        raise ValueError(f"group_norm_act: {C // num_groups} channels per group exceed {MAX_CHANNELS_PER_GROUP}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"group_norm_act: {name} must have shape ({C},), got {tuple(t.shape)}")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"group_norm_act: {name} is on {t.device}, x on {x.device}")
+    if not eps > 0:
+        raise ValueError(f"group_norm_act: eps must be > 0, got {eps}")
+
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _forward(x, num_groups, weight, bias, eps, relu):
+    x, sn, sc, sp = _strides(x)
+    N, C, H, W = x.shape
+    HW, G = H * W, num_groups
+    cpg = C // G
+    s = _Schedule(cpg, HW)
+    acc = _acc_dtype(x)
+    y = torch.empty_like(x)
+    assert y.stride() == x.stride()
+    mean = torch.empty(N * G, device=x.device, dtype=acc)
+    rstd = torch.empty(N * G, device=x.device, dtype=acc)
+    grid = (N * G, s.num_chunks)
+    if s.one_pass:
+        mean_part = m2_part = mean  # unused by the one-pass kernel
+    else:
+        mean_part = torch.empty(N * G, s.num_chunks, device=x.device, dtype=acc)
+        m2_part = torch.empty_like(mean_part)
+        _gn_fwd_stats_kernel[grid](x, mean_part, m2_part, HW, cpg, G, s.num_chunks, sn, sc, sp,
+                                   CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, ACC=tl_dtype(acc),
+                                   num_warps=s.num_warps)
+    _gn_fwd_apply_kernel[grid](x, y, weight, bias, mean_part, m2_part, mean, rstd, HW, cpg, G, s.num_chunks, eps,
+                               sn, sc, sp, CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p,
+                               CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=relu, ACC=tl_dtype(acc),
+                               num_warps=s.num_warps)
+    return y, mean, rstd
+
+
+def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu):
+    x, sn, sc, sp = _strides(x)
+    N, C, H, W = x.shape
+    HW, G = H * W, num_groups
+    cpg = C // G
+    s = _Schedule(cpg, HW)
+    acc = _acc_dtype(x)
+    # dy in x's layout so one set of strides serves x, dy and dx
+    dy = torch.empty_like(x).copy_(dy) if dy.stride() != x.stride() else dy
+    dx = torch.empty_like(x)
+    dw_part = torch.empty(N * C, s.num_chunks, device=x.device, dtype=acc)
+    db_part = torch.empty_like(dw_part)
+    grid = (N * G, s.num_chunks)
+    meta = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, RELU=relu, ACC=tl_dtype(acc), num_warps=s.num_warps)
+    if not s.one_pass:
+        _gn_bwd_stats_kernel[grid](x, dy, weight, bias, mean, rstd, dw_part, db_part, C, HW, cpg, G, s.num_chunks,
+                                   sn, sc, sp, **meta)
+    _gn_bwd_apply_kernel[grid](x, dy, dx, weight, bias, mean, rstd, dw_part, db_part, C, HW, cpg, G, s.num_chunks,
+                               sn, sc, sp, CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, **meta)
+    dweight = dw_part.view(N, C, s.num_chunks).sum(dim=(0, 2))
+    dbias = db_part.view(N, C, s.num_chunks).sum(dim=(0, 2))
+    return dx, dweight, dbias
+
+
+class GroupNormActFunction(torch.autograd.Function):
+    """y = act(GroupNorm(x) * weight + bias); weight and bias are real tensors here (see group_norm_act)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, activation):
+        relu = activation == "relu"
+        y, mean, rstd = _forward(x, num_groups, weight, bias, eps, relu)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.num_groups, ctx.relu = num_groups, relu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias = _backward(dy, x, weight, bias, mean, rstd, ctx.num_groups, ctx.relu)
+        return (dx if ctx.needs_input_grad[0] else None,
+                dweight.to(weight.dtype) if ctx.needs_input_grad[1] else None,
+                dbias.to(bias.dtype) if ctx.needs_input_grad[2] else None,
+                None, None, None)
+
+
+def group_norm_act(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float = 1e-5,
+    activation: str = "relu",
+) -> torch.Tensor:
+    """GroupNorm + activation; the Triton twin of ``maskformer_fast.reference.group_norm_act``.
+
+    x: [N, C, H, W] contiguous or channels_last, fp32 / fp16 / bf16 (fp64 too, for checks);
+    weight, bias: [C] or None. Returns y with x's shape, dtype and layout.
+    """
+    _check_inputs(x, num_groups, weight, bias, eps, activation)
+    C = x.shape[1]
+    if weight is None:
+        weight = torch.ones(C, device=x.device, dtype=_acc_dtype(x))
+    if bias is None:
+        bias = torch.zeros(C, device=x.device, dtype=_acc_dtype(x))
+    return GroupNormActFunction.apply(x, weight, bias, num_groups, float(eps), activation)
+
+
+def supports(x, weight=None, bias=None, activation="relu", **_) -> bool:
+    """Whether the kernel handles this call (else ops falls back to the reference)."""
+    return x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and activation in ACTIVATIONS
+
+
+def _compile_configs():
+    """The launcher's configurations at the model's shapes: 256 channels in 32 groups (8 per group)."""
+    configs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        t = triton_type(dtype)
+        types = {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "dy_ptr": f"*{t}", "dx_ptr": f"*{t}", "w_ptr": "*fp32",
+                 "b_ptr": "*fp32", "mean_part_ptr": "*fp32", "m2_part_ptr": "*fp32", "mean_ptr": "*fp32",
+                 "rstd_ptr": "*fp32", "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "eps": "fp32",
+                 **{name: "i32" for name in ("C", "HW", "CPG", "G", "num_chunks", "stride_n", "stride_c",
+                                             "stride_p")}}
+        for hw in (16 * 16, 32 * 32, 128 * 128):
+            s = _Schedule(8, hw)
+            blocks = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, ACC=tl.float32)
+            apply = dict(CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=True, **blocks)
+            kernels = [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, apply)]
+            if not s.one_pass:
+                kernels += [(_gn_fwd_stats_kernel, blocks), (_gn_bwd_stats_kernel, dict(RELU=True, **blocks))]
+            configs += [compile_config(fn, types, cx, s.num_warps) for fn, cx in kernels]
+    return configs
+
+
+COMPILE_CONFIGS = _compile_configs()
