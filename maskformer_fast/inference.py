@@ -1,0 +1,245 @@
+"""Post-processing of MaskFormer outputs: semantic, panoptic and instance maps, semantic TTA.
+
+Semantic and panoptic follow the official facebookresearch/MaskFormer
+``MaskFormer.semantic_probabilistic_inference`` / ``panoptic_inference`` (with Detectron2's
+``sem_seg_postprocess``), instance follows Mask2Former's ``instance_inference``, and the
+test-time augmentation follows Detectron2's ``SemanticSegmentorWithTTA``.
+
+Shared arguments: ``out`` is the model's dict ("pred_logits" [B,Q,C+1], "pred_masks"
+[B,Q,h,w] mask logits at stride 4 of the padded input Hp x Wp = 4h x 4w, optional
+"input_size"); ``image_sizes[i]`` is the (H, W) of image i's valid region (top-left of the
+padded input; default ``out["input_size"]``); ``output_sizes[i]`` is the (H, W) to return
+(default: the image size). Every function works under ``torch.no_grad``.
+"""
+from dataclasses import dataclass
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PanopticMetadata", "semantic_inference", "panoptic_inference", "instance_inference",
+           "semantic_inference_tta"]
+
+MASK_STRIDE = 4
+Size = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PanopticMetadata:
+    """Which classes are "things" (countable instances) for panoptic inference.
+
+    thing_classes: the contiguous class indices (0..C-1, the model's label space) that are
+    things; every other class is stuff, and stuff segments of one class are merged.
+    """
+    thing_classes: FrozenSet[int]
+
+    def __post_init__(self):
+        object.__setattr__(self, "thing_classes", frozenset(int(c) for c in self.thing_classes))
+
+    @classmethod
+    def from_isthing(cls, isthing: Iterable[bool]) -> "PanopticMetadata":
+        """From one flag per class, e.g. ``[c["isthing"] for c in coco_categories]``."""
+        return cls(frozenset(i for i, flag in enumerate(isthing) if flag))
+
+
+def _as_metadata(metadata: Union[PanopticMetadata, Mapping]) -> PanopticMetadata:
+    if isinstance(metadata, PanopticMetadata):
+        return metadata
+    if isinstance(metadata, Mapping) and "thing_classes" in metadata:
+        return PanopticMetadata(metadata["thing_classes"])
+    raise ValueError("metadata must be a PanopticMetadata (or a dict with 'thing_classes': the class "
+                     f"indices that are things), got {type(metadata).__name__}")
+
+
+def _check_outputs(out: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    for key in ("pred_logits", "pred_masks"):
+        if key not in out:
+            raise ValueError(f"outputs has no {key!r} (keys: {sorted(out)})")
+    logits, masks = out["pred_logits"], out["pred_masks"]
+    if logits.dim() != 3 or masks.dim() != 4 or logits.shape[:2] != masks.shape[:2]:
+        raise ValueError(f"expected pred_logits [B, Q, C+1] and pred_masks [B, Q, h, w], got "
+                         f"{tuple(logits.shape)} and {tuple(masks.shape)}")
+    return logits, masks
+
+
+def _sizes(out: Dict, image_sizes: Optional[Sequence[Size]],
+           output_sizes: Optional[Sequence[Size]]) -> Tuple[List[Size], List[Size]]:
+    """Validated per-image (valid size, output size) lists."""
+    B, _, h, w = out["pred_masks"].shape
+    padded = (MASK_STRIDE * h, MASK_STRIDE * w)
+    if image_sizes is None:
+        image_sizes = [tuple(out.get("input_size", padded))] * B
+    image_sizes = [tuple(int(v) for v in s) for s in image_sizes]
+    output_sizes = image_sizes if output_sizes is None else [tuple(int(v) for v in s) for s in output_sizes]
+    if len(image_sizes) != B or len(output_sizes) != B:
+        raise ValueError(f"need one image size and one output size per image ({B}), got "
+                         f"{len(image_sizes)} and {len(output_sizes)}")
+    for size in image_sizes:
+        if not (0 < size[0] <= padded[0] and 0 < size[1] <= padded[1]):
+            raise ValueError(f"image size {size} must lie within the padded input size {padded}")
+    for size in output_sizes:
+        if min(size) <= 0:
+            raise ValueError(f"output sizes must be positive, got {size}")
+    return image_sizes, output_sizes
+
+
+def _postprocess(maps: torch.Tensor, padded: Size, image_size: Size, output_size: Size) -> torch.Tensor:
+    """Detectron2's sem_seg_postprocess after the official upsampling: [N, h, w] stride-4
+    maps -> bilinear to the padded input size -> crop the valid region -> bilinear to
+    output_size. Returns [N, *output_size]."""
+    x = F.interpolate(maps[None], size=padded, mode="bilinear", align_corners=False)
+    x = x[:, :, : image_size[0], : image_size[1]]
+    if tuple(x.shape[-2:]) != tuple(output_size):
+        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
+    return x[0]
+
+
+@torch.no_grad()
+def semantic_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
+                       output_sizes: Optional[Sequence[Size]] = None) -> List[torch.Tensor]:
+    """Per-class score maps, one float [C, *output_sizes[i]] per image.
+
+    score[c] = sum_q softmax(logits_q)[c] * sigmoid(mask_q), without the no-object class.
+    The official code takes this sum at the padded size and then crops and resizes the C
+    maps; cropping and bilinear resizing are linear, so resizing the Q mask maps first gives
+    the same maps (up to rounding) with Q instead of C resizes.
+    """
+    logits, masks = _check_outputs(out)
+    image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
+    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    results = []
+    for i in range(len(image_sizes)):
+        class_prob = logits[i].float().softmax(-1)[:, :-1]  # [Q, C]
+        upsampled = F.interpolate(masks[i][None].float(), size=padded, mode="bilinear", align_corners=False)
+        mask_prob = upsampled[0].sigmoid()[:, : image_sizes[i][0], : image_sizes[i][1]]
+        if tuple(mask_prob.shape[-2:]) != output_sizes[i]:
+            mask_prob = F.interpolate(mask_prob[None], size=output_sizes[i], mode="bilinear",
+                                      align_corners=False)[0]
+        results.append(torch.einsum("qc,qhw->chw", class_prob, mask_prob))
+    return results
+
+
+@torch.no_grad()
+def panoptic_inference(out: Dict, image_sizes: Optional[Sequence[Size]], output_sizes: Optional[Sequence[Size]],
+                       metadata: Union[PanopticMetadata, Mapping], object_mask_threshold: float = 0.8,
+                       overlap_threshold: float = 0.8) -> List[Tuple[torch.Tensor, List[Dict]]]:
+    """Panoptic segmentation per image: (segment id map int32 [*output_size], segments_info).
+
+    As the official code: the mask logits are resized to the output size first; queries
+    whose best class is not "no object" and whose probability exceeds
+    object_mask_threshold are kept; each pixel goes to the kept query with the largest
+    score * sigmoid(mask); a query keeps its segment only if the pixels it wins are at least
+    overlap_threshold of its own mask (sigmoid >= 0.5); stuff segments of one class are
+    merged into one id. Id 0 is void. segments_info: dicts {"id", "category_id", "isthing",
+    "area"} in id order ("area" in pixels, after merging; the official code has no area).
+    """
+    metadata = _as_metadata(metadata)
+    logits, masks = _check_outputs(out)
+    image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
+    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    num_classes = logits.shape[-1] - 1
+    results = []
+    for i in range(len(image_sizes)):
+        scores, labels = logits[i].float().softmax(-1).max(-1)
+        keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+        if not keep.any():
+            results.append((torch.zeros(output_sizes[i], dtype=torch.int32, device=masks.device), []))
+            continue
+        mask_prob = _postprocess(masks[i][keep].float(), padded, image_sizes[i], output_sizes[i]).sigmoid()
+        results.append(_panoptic_segments(scores[keep], labels[keep], mask_prob, metadata, overlap_threshold))
+    return results
+
+
+def _panoptic_segments(scores: torch.Tensor, classes: torch.Tensor, mask_prob: torch.Tensor,
+                       metadata: PanopticMetadata, overlap_threshold: float) -> Tuple[torch.Tensor, List[Dict]]:
+    """The official per-image panoptic merge of the kept queries' [N, H, W] mask probabilities."""
+    panoptic_seg = torch.zeros(mask_prob.shape[-2:], dtype=torch.int32, device=mask_prob.device)
+    winner = (scores[:, None, None] * mask_prob).argmax(0)
+    segments, stuff_ids = [], {}
+    for k, pred_class in enumerate(classes.tolist()):
+        isthing = pred_class in metadata.thing_classes
+        mask = winner == k
+        mask_area = int(mask.sum())
+        original_area = int((mask_prob[k] >= 0.5).sum())
+        if mask_area == 0 or original_area == 0 or mask_area / original_area < overlap_threshold:
+            continue
+        if not isthing and pred_class in stuff_ids:
+            panoptic_seg[mask] = stuff_ids[pred_class]
+            continue
+        segment_id = len(segments) + 1
+        if not isthing:
+            stuff_ids[pred_class] = segment_id
+        panoptic_seg[mask] = segment_id
+        segments.append({"id": segment_id, "category_id": pred_class, "isthing": isthing})
+    areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(segments) + 1).tolist()
+    for segment in segments:
+        segment["area"] = areas[segment["id"]]
+    return panoptic_seg, segments
+
+
+@torch.no_grad()
+def instance_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
+                       output_sizes: Optional[Sequence[Size]] = None, top_k: int = 100) -> List[Dict]:
+    """Instance segmentation per image, as Mask2Former: the top_k (query, class) pairs by
+    class probability (no-object excluded; a query may appear with several classes), each
+    scored class prob * mean sigmoid(mask) inside its binarised mask (logit > 0) at the
+    output size. Returns dicts {"scores" float [k], "labels" int64 [k], "masks" bool
+    [k, *output_size]} sorted by score, highest first (Mask2Former leaves them unsorted).
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    logits, masks = _check_outputs(out)
+    image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
+    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    num_classes = logits.shape[-1] - 1
+    results = []
+    for i in range(len(image_sizes)):
+        class_prob = logits[i].float().softmax(-1)[:, :-1].flatten()  # [Q*C], query-major
+        class_score, pair = class_prob.topk(min(top_k, class_prob.numel()))
+        query, label = pair // num_classes, pair % num_classes
+        mask_logits = _postprocess(masks[i][query].float(), padded, image_sizes[i], output_sizes[i])
+        binary = mask_logits > 0
+        mask_score = (mask_logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        score = class_score * mask_score
+        order = score.argsort(descending=True, stable=True)
+        results.append({"scores": score[order], "labels": label[order], "masks": binary[order]})
+    return results
+
+
+@torch.no_grad()
+def semantic_inference_tta(model: nn.Module, image: torch.Tensor, output_size: Optional[Size] = None,
+                           scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                           flip: bool = True) -> torch.Tensor:
+    """Multi-scale (+ horizontal flip) semantic inference, as Detectron2's
+    SemanticSegmentorWithTTA: the mean of the [C, *output_size] score maps of every
+    (scale, flip) view, each computed at its own scale and resized to output_size, flipped
+    views flipped back.
+
+    image: normalised float [3, H, W]; a scale s resizes it to (int(H*s + 0.5),
+    int(W*s + 0.5)) bilinearly with antialiasing (as Detectron2's PIL resize). The model runs
+    in eval mode (its mode is restored afterwards); the flipped and plain views of a scale
+    go through it as one batch of two.
+    """
+    if image.dim() != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a normalised float [3, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive, got {tuple(scales)}")
+    H, W = image.shape[-2:]
+    output_size = (H, W) if output_size is None else tuple(output_size)
+    was_training = model.training
+    model.eval()
+    try:
+        total, views = None, 0
+        for s in scales:
+            size = (int(H * s + 0.5), int(W * s + 0.5))
+            resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+            batch = torch.cat([resized, resized.flip(-1)]) if flip else resized
+            maps = semantic_inference(model(batch), [size] * len(batch), [output_size] * len(batch))
+            for j, m in enumerate(maps):
+                m = m.flip(-1) if j == 1 else m
+                total = m if total is None else total + m
+            views += len(maps)
+        return total / views
+    finally:
+        model.train(was_training)
