@@ -136,10 +136,9 @@ class MaskFormerCriterion(nn.Module):
         counts = [len(lab) for lab in labels]
         all_labels = torch.cat(labels)
         if all_labels.numel():
-            lo, hi = torch.aminmax(all_labels)
-            if lo.item() < 0 or hi.item() >= self.num_classes:
-                raise ValueError(f"target labels must lie in [0, {self.num_classes}), got values in "
-                                 f"[{lo.item()}, {hi.item()}]")
+            lo, hi = torch.stack(torch.aminmax(all_labels)).tolist()
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(f"target labels must lie in [0, {self.num_classes}), got values in [{lo}, {hi}]")
 
         N, K = len(all_labels), max(counts, default=0)
         full = torch.zeros((N, *padded), dtype=torch.bool, device=device)

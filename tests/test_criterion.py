@@ -186,6 +186,21 @@ def test_gradients_match_official_float64():
                                  name=f"layer {i} {key}.grad")
 
 
+def test_num_masks_all_reduced_when_distributed(tmp_path):
+    """A one-process gloo group runs the all-reduce path: num_masks (and the losses) unchanged."""
+    import torch.distributed as dist
+    outputs, targets = make_batch((2, 3))
+    crit = MaskFormerCriterion(num_classes=4)
+    expected = crit(outputs, targets)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert crit._num_masks([2, 3], torch.device("cpu")) == 5.0
+        got = crit(outputs, targets)
+    finally:
+        dist.destroy_process_group()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
 def test_aux_loss_keys():
     outputs, targets = make_batch((2,), num_aux=5)
     losses = MaskFormerCriterion(num_classes=4)(outputs, targets)
