@@ -1,15 +1,32 @@
 """linear_sum_assignment front: one call solves every (layer, image) problem of a step.
 
-Backends: "scipy" (the reference: scipy.optimize.linear_sum_assignment per problem).
-"cpu" (C++) and "gpu" (Triton) are added by the matcher issue; "auto" picks the best
-available for the cost's device.
+Backends, all exact (the same minimum total cost as scipy):
+
+- "scipy": the reference, scipy.optimize.linear_sum_assignment per problem in a loop.
+- "cpu": the C++ shortest-augmenting-path solver (``maskformer_fast._C``, csrc/), batched
+  and multithreaded over the problems with the GIL released. Present when the package was
+  installed with a working C++ compiler (``pip install --no-build-isolation -e .``).
+- "gpu": the Triton solver (``maskformer_fast.kernels.hungarian``), one program per problem,
+  all problems in one launch, on the tensor's CUDA device (or through the Triton interpreter
+  on CPU tensors when TRITON_INTERPRET=1, for tests).
+- "auto": "gpu" for CUDA tensors, else "cpu" when built, else "scipy" (with a warning once).
 """
+import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["linear_sum_assignment"]
+try:
+    from . import _C
+    _C_IMPORT_ERROR = None
+except ImportError as _err:  # installed without a C++ compiler: scipy is the fallback
+    _C = None
+    _C_IMPORT_ERROR = _err
+
+__all__ = ["linear_sum_assignment", "available_backends", "resolve_backend"]
+
+BACKENDS = ("auto", "scipy", "cpu", "gpu")
 
 
 def _validate(cost: torch.Tensor, num_cols: Optional[torch.Tensor]):
@@ -48,18 +65,69 @@ def _scipy(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def available_backends() -> tuple:
+    """The backends usable in this process ("gpu" needs CUDA or the Triton interpreter)."""
+    import os
+
+    usable = ["scipy"]
+    if _C is not None:
+        usable.append("cpu")
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+        usable.append("gpu")
+    return tuple(usable)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend "auto" means for costs on ``device`` (others pass through)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown matching backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        return "gpu"
+    if _C is not None:
+        return "cpu"
+    if not getattr(resolve_backend, "warned", False):
+        resolve_backend.warned = True
+        warnings.warn(f"maskformer_fast._C is not built ({_C_IMPORT_ERROR}); matching uses scipy. "
+                      "Reinstall with `pip install --no-build-isolation -e .` and a C++ compiler.")
+    return "scipy"
+
+
+def _cpu(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
+    if _C is None:
+        raise RuntimeError(f"the cpu matching backend is not built: {_C_IMPORT_ERROR}")
+    cost = cost.detach().cpu()
+    if cost.dtype not in (torch.float32, torch.float64):
+        cost = cost.float()  # half / bfloat16 are exact in float32
+    return _C.linear_sum_assignment(cost.contiguous(), num_cols.contiguous())
+
+
+def _gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
+    from .kernels._settings import interpreting
+    from .kernels.hungarian import linear_sum_assignment_gpu
+
+    if cost.device.type != "cuda" and not interpreting():
+        raise ValueError(f"the gpu matching backend needs a CUDA tensor, got one on {cost.device}")
+    return linear_sum_assignment_gpu(cost.detach(), num_cols)
+
+
+_SOLVERS = {"scipy": _scipy, "cpu": _cpu, "gpu": _gpu}
+
+
 def linear_sum_assignment(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None,
                           backend: str = "auto") -> torch.Tensor:
     """Minimum-cost assignment of rows to columns for a batch of cost matrices.
 
     cost: [B, N, M] or [N, M] float; num_cols: int [B], the valid columns of each padded
     problem (default M). Returns int64 [B, N] (or [N]) on cost's device: the column
-    matched to each row, or -1. +inf marks a forbidden pair; NaN or -inf raise ValueError.
+    matched to each row, or -1. +inf marks a forbidden pair; NaN or -inf, or a problem whose
+    +inf entries leave no complete matching, raise ValueError naming the batch index.
+    backend: "auto", "scipy", "cpu" or "gpu" (see the module docstring).
     """
     num_cols = _validate(cost, num_cols)
+    solver = _SOLVERS[resolve_backend(backend, cost.device)]
     squeeze = cost.dim() == 2
     batched = cost[None] if squeeze else cost
-    if backend not in ("auto", "scipy"):
-        raise ValueError(f"unknown matching backend {backend!r}")
-    out = _scipy(batched, num_cols).to(cost.device)
+    out = solver(batched, num_cols).to(cost.device)
     return out[0] if squeeze else out
