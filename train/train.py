@@ -1,0 +1,524 @@
+"""Train and evaluate MaskFormer on ADE20K, COCO panoptic, COCO-Stuff or Cityscapes.
+
+    python train/train.py --preset maskformer_r50_ade20k --dataset ade20k --data-root DIR \
+        --output out/r50_ade [--max-iter N] [--batch-size B] [--crop S] [--engine eager|fast] \
+        [--amp none|bf16|fp16] [--seed S] [--checkpoint-period N] [--eval-period N] [--resume] \
+        [--eval-only --weights FILE] [KEY=VALUE ...]
+    torchrun --nproc_per_node 8 train/train.py ...   # data parallel, same arguments
+
+Without ``--data-root`` it writes a small synthetic dataset of the chosen format under the
+output folder and trains a CPU-sized model on it (``python train/train.py`` alone: a few
+minutes on two cores, then prints the mIoU).
+
+Reproducibility: the sample order of epoch e is DistributedSampler's permutation for
+(seed, e), and a sample's augmentation draws from a generator seeded by (seed, epoch,
+rank, position), so the data stream depends on nothing but the seed and the position,
+which checkpoints record together with every RNG state. A run killed and resumed with
+``--resume`` therefore repeats the losses of an uninterrupted run (exactly on CPU).
+"""
+import argparse
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, Iterator, List, Optional, Tuple
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import maskformer_fast as mf  # noqa: E402
+from maskformer_fast import ops  # noqa: E402
+from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
+from train.checkpoint import CheckpointManager, load_model_weights, rng_state, set_rng_state  # noqa: E402
+from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
+from train.make_synthetic import id_to_rgb, make_synthetic  # noqa: E402
+from train.solver import build_optimizer, build_scheduler  # noqa: E402
+from train.transforms import EvalMapper, PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
+
+DEFAULT_OUTPUT = os.path.join("output", "default")
+# A model and recipe small enough for a CPU: used when no --data-root is given (synthetic data).
+SYNTHETIC_OVERRIDES = dict(
+    num_decoder_layers=2, hidden_dim=64, conv_dim=64, mask_dim=64, dim_feedforward=256, num_queries=20,
+    nheads=4, frozen_bn=False, crop_size=(64, 64), min_scale=0.75, max_scale=1.25, batch_size=4,
+    max_iter=300, base_lr=3e-4, backbone_lr_multiplier=1.0, warmup_iters=0, lr_schedule="poly",
+    test_short_side=64, test_max_size=256)
+SYNTHETIC_IMAGES, SYNTHETIC_SIZE = 16, 64
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train / evaluate MaskFormer.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default=None, help="config preset (default maskformer_r50_<dataset>)")
+    p.add_argument("--dataset", default="ade20k", choices=DATASETS)
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder; without it a synthetic dataset is written under OUTPUT/synthetic_data")
+    p.add_argument("--output", default=DEFAULT_OUTPUT)
+    p.add_argument("--max-iter", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
+    p.add_argument("--crop", type=int, default=None, help="square crop size")
+    p.add_argument("--engine", default="fast", choices=("eager", "fast"),
+                   help="eager: reference ops; fast: Triton kernels where they run (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (fast engine)")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-period", type=int, default=5000)
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--eval-period", type=int, default=0, help="0: evaluate at the end only")
+    p.add_argument("--eval-split", default="val", choices=("train", "val"))
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip semantic evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint if present")
+    p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--weights", default=None, help="model weights for --eval-only (checkpoint or state dict)")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
+    args = p.parse_args(argv)
+    if args.eval_only and not args.weights:
+        p.error("--eval-only needs --weights FILE")
+    return args
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_arg: Optional[str]) -> Tuple[Dist, torch.device]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith("cuda")
+    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
+    return Dist(), device
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, to check that data-parallel ranks agree."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def all_reduce_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= d.world
+    return values
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TrainStream(torch.utils.data.Sampler):
+    """Endless per-rank stream of (dataset index, epoch, position), starting at a saved position.
+
+    Epoch e's order is ``DistributedSampler(shuffle=True, seed).set_epoch(e)`` for this rank;
+    positions count samples within the rank's share of that epoch.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, seed: int, d: Dist, epoch: int = 0, position: int = 0):
+        self.sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=d.world, rank=d.rank,
+                                                           shuffle=True, seed=seed)
+        self.epoch, self.position = epoch, position
+
+    def __iter__(self) -> Iterator[Tuple[int, int, int]]:
+        epoch, start = self.epoch, self.position
+        while True:
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)
+            for pos in range(start, len(order)):
+                yield order[pos], epoch, pos
+            epoch, start = epoch + 1, 0
+
+
+class MappedDataset(torch.utils.data.Dataset):
+    """Loads and augments a sample from a (index, epoch, position) key with its own seeded RNG."""
+
+    def __init__(self, dataset: SegmentationDataset, mapper, seed: int, rank: int):
+        self.dataset, self.mapper, self.seed, self.rank = dataset, mapper, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int, int]) -> Dict:
+        index, epoch, pos = key
+        rng = np.random.default_rng([self.seed, epoch, self.rank, pos])
+        sample = self.mapper(self.dataset.load(index), rng)
+        sample["position"] = (epoch, pos)
+        return sample
+
+
+def collate_train(batch: List[Dict], pixel_mean, pixel_std):
+    images, targets, _ = collate(batch, pixel_mean, pixel_std)
+    return images, targets, batch[-1]["position"]
+
+
+def build_train_loader(dataset: SegmentationDataset, cfg, seed: int, d: Dist, per_rank_batch: int,
+                       num_workers: int, position: Dict) -> Iterator:
+    mapper = (PanopticTrainMapper if dataset.info.task == "panoptic" else SemanticTrainMapper).from_config(cfg)
+    loader = torch.utils.data.DataLoader(
+        MappedDataset(dataset, mapper, seed, d.rank),
+        sampler=TrainStream(dataset, seed, d, position["epoch"], position["index"]),
+        batch_size=per_rank_batch, num_workers=num_workers,
+        collate_fn=functools.partial(collate_train, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std),
+        # its own generator: creating the iterator must not consume the global torch RNG
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+    return iter(loader)
+
+
+def synthetic_root(args) -> str:
+    """Write (once) the synthetic dataset used when no --data-root is given."""
+    root = os.path.join(args.output, "synthetic_data", args.dataset)
+    done = os.path.join(root, ".complete")
+    if not os.path.exists(done):
+        if int(os.environ.get("RANK", "0")) == 0:
+            make_synthetic(args.dataset, root, SYNTHETIC_IMAGES, SYNTHETIC_SIZE, args.seed)
+            open(done, "w").close()
+        else:
+            while not os.path.exists(done):
+                time.sleep(0.2)
+    return root
+
+
+# --------------------------------------------------------------------------- config
+
+
+def build_config(args) -> "mf.MaskFormerConfig":
+    overrides = dict(SYNTHETIC_OVERRIDES) if args.data_root is None else {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    for key, value in (("max_iter", args.max_iter), ("batch_size", args.batch_size)):
+        if value is not None:
+            overrides[key] = value
+    if args.crop is not None:
+        overrides["crop_size"] = (args.crop, args.crop)
+    return mf.get_config(args.preset or f"maskformer_r50_{args.dataset}", **overrides)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _normalise(image: torch.Tensor, cfg, device) -> torch.Tensor:
+    mean = torch.tensor(cfg.pixel_mean, device=device).view(3, 1, 1)
+    std = torch.tensor(cfg.pixel_std, device=device).view(3, 1, 1)
+    return (image.to(device).float() - mean) / std
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, d: Dist, amp_ctx,
+             output_dir: str, tta: bool = False) -> Dict[str, float]:
+    """Semantic (mIoU, fwIoU, mACC, pACC) or panoptic (PQ/SQ/RQ, things/stuff) metrics, in percent.
+
+    Each rank evaluates every world-th image; semantic confusion matrices are summed, panoptic
+    predictions are gathered and scored by rank 0 with :func:`pq_compute`.
+    """
+    was_training = model.training
+    model.eval()
+    mapper = EvalMapper(cfg.test_short_side, cfg.test_max_size)
+    info = dataset.info
+    indices = range(d.rank, len(dataset), d.world)
+    try:
+        if info.task == "semantic":
+            evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
+            for i in indices:
+                sample = dataset.load(i)
+                image = _normalise(mapper(sample)["image"], cfg, device)
+                with amp_ctx():
+                    if tta:
+                        scores = mf.semantic_inference_tta(model, image, sample["sem_seg"].shape, cfg.tta_scales,
+                                                           cfg.tta_flip)
+                    else:
+                        out = model(image[None])
+                        scores = mf.semantic_inference(out, [image.shape[-2:]], [sample["sem_seg"].shape])[0]
+                evaluator.update(scores.argmax(0).cpu(), sample["sem_seg"])
+            if d.world > 1:
+                confusion = torch.from_numpy(evaluator.confusion).to(device)
+                dist.all_reduce(confusion)
+                evaluator.confusion = confusion.cpu().numpy()
+            m = evaluator.compute()
+            return {k: m[k] for k in ("mIoU", "fwIoU", "mACC", "pACC")}
+        return _evaluate_panoptic(model, dataset, cfg, device, d, amp_ctx, output_dir, mapper, indices)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate_panoptic(model, dataset, cfg, device, d, amp_ctx, output_dir, mapper, indices) -> Dict[str, float]:
+    info = dataset.info
+    pred_dir = os.path.join(output_dir, "panoptic_predictions")
+    os.makedirs(pred_dir, exist_ok=True)
+    metadata = mf.inference.PanopticMetadata(frozenset(info.thing_classes))
+    annotations = []
+    for i in indices:
+        sample = dataset.load(i)
+        image = _normalise(mapper(sample)["image"], cfg, device)
+        with amp_ctx():
+            out = model(image[None])
+        seg, segments = mf.panoptic_inference(out, [image.shape[-2:]], [sample["pan_seg"].shape], metadata,
+                                              cfg.object_mask_threshold, cfg.overlap_threshold)[0]
+        seg = seg.cpu().numpy().astype(np.int64)
+        kept = []
+        for s in segments:
+            if s["category_id"] < len(info.categories):
+                kept.append({"id": s["id"], "category_id": info.categories[s["category_id"]]["id"],
+                             "isthing": int(s["isthing"]), "area": int(s["area"])})
+            else:  # a class the dataset does not have (model wider than the dataset): void
+                seg[seg == s["id"]] = 0
+        file_name = os.path.splitext(os.path.basename(sample["file_name"]))[0] + ".png"
+        Image.fromarray(id_to_rgb(seg)).save(os.path.join(pred_dir, file_name))
+        annotations.append({"image_id": sample["image_id"], "file_name": file_name, "segments_info": kept})
+    if d.world > 1:
+        gathered: List[Optional[list]] = [None] * d.world
+        dist.all_gather_object(gathered, annotations)
+        annotations = [a for part in gathered for a in part]
+    if not d.main:
+        return {}
+    with open(info.panoptic_json) as f:
+        categories = json.load(f)["categories"]
+    pred_json = os.path.join(output_dir, "panoptic_predictions.json")
+    with open(pred_json, "w") as f:
+        json.dump({"annotations": annotations, "categories": categories}, f)
+    r = pq_compute(info.panoptic_json, pred_json, gt_folder=info.panoptic_root, pred_folder=pred_dir)
+    metrics = {}
+    for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for key in ("pq", "sq", "rq"):
+            metrics[key.upper() + suffix] = 100 * r[name][key]
+    return metrics
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+    """OUTPUT/metrics.jsonl (one JSON object per line) and TensorBoard scalars, rank 0 only."""
+
+    def __init__(self, output: str, enabled: bool):
+        self.enabled = enabled
+        self.path = os.path.join(output, "metrics.jsonl")
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, self.path)
+
+    def write(self, record: Dict, prefix: str) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "iter" and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{prefix}/{key}", value, record["iter"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def amp_context(amp: str, device: torch.device):
+    if amp == "none":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def engine_context(engine: str):
+    return ops.use("eager" if engine == "eager" else "auto")
+
+
+def run(args) -> Dict[str, float]:
+    d, device = init_distributed(args.device)
+    try:
+        with engine_context(args.engine):
+            return _run(args, d, device)
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+
+
+def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
+    os.makedirs(args.output, exist_ok=True)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    cfg = build_config(args)
+    root = args.data_root if args.data_root is not None else synthetic_root(args)
+    eval_set = build_dataset(args.dataset, root, args.eval_split)
+    if eval_set.info.num_classes > cfg.num_classes:
+        raise ValueError(f"{args.dataset} has {eval_set.info.num_classes} classes but the config has "
+                         f"num_classes={cfg.num_classes}")
+    amp_ctx = amp_context(args.amp, device)
+    log = print if d.main else (lambda *a, **k: None)
+    metrics = MetricsLog(args.output, d.main)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    model = mf.build_model(cfg).to(device)
+
+    if args.eval_only:
+        model.load_state_dict(load_model_weights(args.weights))
+        results = evaluate(model, eval_set, cfg, device, d, amp_ctx, os.path.join(args.output, "eval"), args.tta)
+        metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
+        log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+        metrics.close()
+        return results
+
+    train_set = build_dataset(args.dataset, root, "train")
+    if cfg.batch_size % d.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
+    if d.main:
+        with open(os.path.join(args.output, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    checkpoints = CheckpointManager(args.output, args.keep_checkpoints)
+    start_iter, position = 0, {"epoch": 0, "index": 0}
+    latest = checkpoints.latest() if args.resume else None
+    if latest is not None:
+        state = checkpoints.load(latest)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_iter, position = state["iter"], state["data_position"]
+        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
+        metrics.truncate_after(start_iter)
+        log(f"resumed from {latest} at iteration {start_iter}")
+
+    train_model = model
+    if d.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)
+    data = build_train_loader(train_set, cfg, args.seed, d, cfg.batch_size // d.world, args.num_workers, position)
+
+    def checkpoint(iteration: int, data_position: Dict) -> None:
+        states = [rng_state()]
+        if d.world > 1:
+            gathered: List[Optional[Dict]] = [None] * d.world
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        if d.main:
+            checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                              "iter": iteration, "data_position": data_position, "rng": states,
+                              "config": dataclasses.asdict(cfg), "engine": args.engine}, iteration)
+
+    def run_eval(iteration: int) -> Dict[str, float]:
+        saved = rng_state()  # evaluation must not shift the training random stream
+        results = evaluate(model, eval_set, cfg, device, d, amp_ctx, os.path.join(args.output, "eval"), args.tta)
+        set_rng_state(saved)
+        if d.main:
+            metrics.write({"iter": iteration, **results}, "eval")
+            log(f"iter {iteration}: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+        return results
+
+    progress = None
+    if d.main and not args.no_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
+        log = progress.write
+    model.train()
+    results: Dict[str, float] = {}
+    for iteration in range(start_iter, cfg.max_iter):
+        t0 = time.perf_counter()
+        images, targets, (epoch, pos) = next(data)
+        images = images.to(device, non_blocking=True)
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        with amp_ctx():
+            out = train_model(images)
+            losses = model.criterion(out, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration + 1}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        lr = optimizer.param_groups[-1]["lr"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if cfg.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        done = iteration + 1
+        names = sorted(losses)
+        reduced = all_reduce_mean(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
+        record = {"iter": done, "loss": float(sum(reduced)), "lr": lr, **dict(zip(names, reduced)),
+                  "time": time.perf_counter() - t0}
+        metrics.write(record, "train")
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+        if done % args.checkpoint_period == 0 or done == cfg.max_iter:
+            checkpoint(done, {"epoch": epoch, "index": pos + 1})
+        if (args.eval_period > 0 and done % args.eval_period == 0) or done == cfg.max_iter:
+            results = run_eval(done)
+    if progress is not None:
+        progress.close()
+    if d.world > 1:  # DDP keeps replicas identical; verify it once at the end
+        digests: List[Optional[str]] = [None] * d.world
+        dist.all_gather_object(digests, weights_digest(model))
+        metrics.write({"iter": cfg.max_iter, "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests},
+                      "sync")
+        if len(set(digests)) != 1:
+            log(f"warning: the {d.world} ranks ended with different weights")
+    if d.main and results:
+        print("final " + ", ".join(f"{k} {v:.2f}" for k, v in results.items())
+              + f" after {cfg.max_iter} iterations; output in {args.output}")
+    metrics.close()
+    return results
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
