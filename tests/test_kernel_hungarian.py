@@ -1,0 +1,76 @@
+"""The Triton assignment solver (matching backend "gpu") against scipy's optimum.
+
+Without a GPU it runs through the Triton interpreter (tests/conftest.py), at small counts;
+its sm_90 compilation is checked by tests/test_kernels_compile.py. The GPU-marked tests run
+the training-step shapes on CUDA.
+"""
+import pytest
+import torch
+
+from maskformer_fast import matching
+from tests.test_matching import assert_optimal, random_batch
+
+# Triton's interpreter converts its 1-element scalars with int(array): numpy deprecates that.
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+INF = float("inf")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("kind", ["uniform", "integer", "large"])
+def test_gpu_backend_matches_scipy_optimum(kind):
+    gen = torch.Generator().manual_seed(hash(kind) % 2**31)
+    # Tall, wide and square problems (padded to different num_cols), float64 and float32.
+    for (rows, cols), dtype in [((9, 5), torch.float64), ((5, 9), torch.float32), ((6, 6), torch.float64),
+                                ((1, 1), torch.float32)]:
+        cost, num_cols = random_batch(gen, kind, 24, rows, cols, dtype)
+        out = matching.linear_sum_assignment(cost.to(DEVICE), num_cols, backend="gpu")
+        assert out.device.type == DEVICE and out.dtype == torch.int64
+        assert_optimal(cost, num_cols, out, 1e-9 if dtype == torch.float64 else 1e-6, f"{kind} {rows}x{cols}")
+
+
+def test_gpu_backend_training_shape():
+    # 100 queries x up to 20 targets: BLOCK = 128 lanes, solved transposed (targets as rows).
+    gen = torch.Generator().manual_seed(0)
+    cost, num_cols = random_batch(gen, "uniform", 3, 100, 20, torch.float32)
+    strided = cost.transpose(1, 2).contiguous().transpose(1, 2)  # costs are read through strides
+    out = matching.linear_sum_assignment(strided.to(DEVICE), num_cols, backend="gpu")
+    assert_optimal(cost, num_cols, out, 1e-6, "100x20")
+
+
+def test_gpu_backend_forbidden_pairs_and_errors():
+    cost = torch.tensor([[4.0, INF, 3.0], [2.0, 0.0, 5.0], [3.5, 2.0, 2.0]], device=DEVICE)
+    assert matching.linear_sum_assignment(cost, backend="gpu").tolist() == [0, 1, 2]
+    tall = torch.tensor([[INF, INF], [1.0, 2.0], [2.0, 3.0]], device=DEVICE)
+    assert matching.linear_sum_assignment(tall, backend="gpu").tolist() == [-1, 0, 1]
+    tall[:, 1] = INF
+    with pytest.raises(ValueError, match="cost matrix 0 is infeasible"):
+        matching.linear_sum_assignment(tall, backend="gpu")
+
+    cost = torch.rand(6, 4, 3, device=DEVICE)
+    num_cols = torch.tensor([3, 3, 1, 3, 3, 3])
+    cost[2, :, 1:] = float("nan")  # padding: never read
+    cost[4, 2, 0] = -INF
+    cost[5, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="cost matrix 4 contains NaN or -inf"):
+        matching.linear_sum_assignment(cost, num_cols, backend="gpu")
+
+
+def test_gpu_backend_empty_problems():
+    for shape in [(2, 0, 3), (2, 3, 0), (0, 3, 3)]:
+        out = matching.linear_sum_assignment(torch.rand(shape, device=DEVICE), backend="gpu")
+        assert out.shape == shape[:2] and (out == -1).all()
+    out = matching.linear_sum_assignment(torch.rand(2, 3, 2, device=DEVICE), torch.tensor([0, 2]), backend="gpu")
+    assert (out[0] == -1).all() and sorted(out[1].tolist()) == [-1, 0, 1]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_targets", [5, 20, 50, 100])
+@pytest.mark.parametrize("kind", ["uniform", "integer"])
+def test_gpu_backend_training_step_on_cuda(num_targets, kind):
+    # One training step at batch 16: 6 layers x 16 images, 100 queries.
+    gen = torch.Generator().manual_seed(num_targets)
+    for dtype in (torch.float32, torch.float64):
+        cost, num_cols = random_batch(gen, kind, 96, 100, num_targets, dtype)
+        out = matching.linear_sum_assignment(cost.cuda(), num_cols, backend="gpu")
+        assert out.is_cuda
+        assert_optimal(cost, num_cols, out, 1e-9 if dtype == torch.float64 else 1e-6, f"{kind} K={num_targets}")
