@@ -101,3 +101,41 @@ def test_final_layer_losses_match_hf(pair):
     for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"),
                              ("loss_dice", "loss_dice")):
         assert_close_verbose(losses[ours_key], hf_terms[hf_key], rtol=1e-5, atol=0, name=f"{backbone} {ours_key}")
+
+
+def test_config_inferred_from_hf():
+    cfg = config_from_hf(_hf_config("resnet50", no_object_weight=0.2, mask_weight=10.0))
+    assert (cfg.backbone, cfg.num_classes, cfg.num_queries, cfg.num_decoder_layers) == ("resnet50", NUM_LABELS, 20, 2)
+    assert (cfg.hidden_dim, cfg.nheads, cfg.dim_feedforward, cfg.conv_dim, cfg.mask_dim) == (256, 8, 2048, 256, 256)
+    assert (cfg.no_object_weight, cfg.mask_weight, cfg.dice_weight, cfg.class_weight) == (0.2, 10.0, 1.0, 1.0)
+    assert cfg.deep_supervision is False  # HF use_auxiliary_loss default
+    r101 = transformers.MaskFormerConfig(
+        backbone_config=transformers.ResNetConfig(depths=[3, 4, 23, 3], out_features=STAGES), num_labels=150)
+    assert config_from_hf(r101).backbone == "resnet101"
+    swin_b = transformers.MaskFormerConfig(backbone_config=transformers.SwinConfig(
+        embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=12, out_features=STAGES))
+    cfg = config_from_hf(swin_b, deep_supervision=True)
+    assert (cfg.backbone, cfg.window_size, cfg.deep_supervision) == ("swin_base", 12, True)
+
+
+@pytest.mark.parametrize("backbone_config, message", [
+    (dict(kind="resnet", depths=[2, 2, 2, 2], layer_type="basic", hidden_sizes=[64, 128, 256, 512]), "layer_type"),
+    (dict(kind="resnet", depths=[3, 8, 36, 3]), "depths"),
+    (dict(kind="resnet", depths=[3, 4, 6, 3], downsample_in_bottleneck=True), "downsample_in_bottleneck"),
+    (dict(kind="swin", embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], use_absolute_embeddings=True),
+     "use_absolute_embeddings"),
+    (dict(kind="swin", embed_dim=64, depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16]), "not one of Swin-T/S/B/L"),
+    (dict(kind="convnext"), "backbone type 'convnext' is not supported"),
+])
+def test_unsupported_hf_configs_raise(backbone_config, message):
+    kind = backbone_config.pop("kind")
+    make = {"resnet": transformers.ResNetConfig, "swin": transformers.SwinConfig,
+            "convnext": transformers.ConvNextConfig}[kind]
+    config = transformers.MaskFormerConfig(backbone_config=make(out_features=STAGES, **backbone_config))
+    with pytest.raises(ValueError, match=message):
+        config_from_hf(config)
+
+
+def test_from_hf_rejects_other_models():
+    with pytest.raises(ValueError, match="MaskFormerForInstanceSegmentation"):
+        from_hf(torch.nn.Linear(2, 2))
