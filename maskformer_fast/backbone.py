@@ -49,7 +49,10 @@ class ResNetBackbone(nn.Module):
         if depth not in (50, 101):
             raise ValueError(f"ResNetBackbone: depth must be 50 or 101, got {depth}")
         kwargs = dict(stem_type="deep", stem_width=64) if deep_stem else {}
-        trunk = timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0, global_pool="", **kwargs)
+        # zero_init_last=False: timm zeroes each block's last BN gamma, which frozen BN would keep
+        # at zero forever (dead residual branches when training without pretrained weights)
+        trunk = timm.create_model(f"resnet{depth}", pretrained=False, num_classes=0, global_pool="",
+                                  zero_init_last=False, **kwargs)
         for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             self.add_module(name, getattr(trunk, name))
         if frozen_bn:

@@ -1,0 +1,93 @@
+"""Config presets (values from the official configs / paper) and override checking."""
+import pytest
+
+from maskformer_fast.config import BACKBONES, DATASETS, MaskFormerConfig, get_config, list_presets
+
+SHORT = ("r50", "r101", "r101c", "swin_t", "swin_s", "swin_b", "swin_l")
+
+
+def test_every_required_preset_exists():
+    presets = set(list_presets())
+    for short in SHORT:
+        for dataset in ("ade20k", "coco_panoptic"):
+            assert f"maskformer_{short}_{dataset}" in presets
+    for short in ("r50", "swin_t"):
+        for dataset in ("ade20k_full", "coco_stuff", "cityscapes", "mapillary"):
+            assert f"maskformer_{short}_{dataset}" in presets
+    for name in presets:
+        cfg = get_config(name)
+        assert cfg.name == name and cfg.backbone in BACKBONES and cfg.dataset in DATASETS
+
+
+@pytest.mark.parametrize("dataset, classes", [("ade20k", 150), ("ade20k_full", 847), ("coco_panoptic", 133),
+                                              ("coco_stuff", 171), ("cityscapes", 19), ("mapillary", 65)])
+def test_num_classes(dataset, classes):
+    assert get_config(f"maskformer_r50_{dataset}").num_classes == classes
+
+
+def test_ade20k_resnet_recipe():
+    c = get_config("maskformer_r50_ade20k")
+    assert (c.batch_size, c.crop_size, c.max_iter) == (16, (512, 512), 160000)
+    assert (c.base_lr, c.weight_decay, c.backbone_lr_multiplier, c.warmup_iters) == (1e-4, 1e-4, 0.1, 0)
+    assert (c.lr_schedule, c.poly_power, c.clip_grad_norm) == ("poly", 0.9, 0.01)
+    assert (c.num_queries, c.hidden_dim, c.num_decoder_layers, c.nheads, c.dim_feedforward) == (100, 256, 6, 8, 2048)
+    assert (c.class_weight, c.mask_weight, c.dice_weight, c.no_object_weight) == (1.0, 20.0, 1.0, 0.1)
+    assert c.frozen_bn and c.pixel_decoder_encoder_layers == 0 and c.deep_supervision
+    assert (c.test_short_side, c.test_max_size, c.size_divisibility) == (512, 2048, 32)
+
+
+def test_swin_recipes():
+    t = get_config("maskformer_swin_t_ade20k")
+    assert (t.base_lr, t.weight_decay, t.backbone_lr_multiplier, t.warmup_iters) == (6e-5, 0.01, 1.0, 1500)
+    assert (t.window_size, t.pretrain_img_size, t.drop_path_rate, t.crop_size) == (7, 224, 0.3, (512, 512))
+    for short in ("swin_b", "swin_l"):
+        c = get_config(f"maskformer_{short}_ade20k")
+        assert (c.window_size, c.pretrain_img_size, c.crop_size) == (12, 384, (640, 640))
+
+
+def test_other_dataset_recipes():
+    stuff = get_config("maskformer_r50_coco_stuff")
+    assert (stuff.batch_size, stuff.crop_size, stuff.max_iter) == (32, (640, 640), 60000)
+    assert get_config("maskformer_r50_ade20k_full").max_iter == 200000
+    for short in ("r50", "r101"):
+        c = get_config(f"maskformer_{short}_coco_panoptic")
+        assert c.pixel_decoder_encoder_layers == 6  # "+6Enc"
+        assert (c.batch_size, c.max_iter, c.lr_schedule, c.lr_steps) == (64, 554400, "multistep", (369600,))
+    for short in ("swin_t", "swin_s", "swin_b", "swin_l"):
+        c = get_config(f"maskformer_{short}_coco_panoptic")
+        assert c.enforce_input_project and c.pixel_decoder_encoder_layers == 0
+
+
+def test_overrides_are_coerced_from_strings_and_lists():
+    c = get_config("maskformer_r50_ade20k", num_decoder_layers="3", dropout="0", deep_supervision="false",
+                   crop_size="384, 320", tta_scales=[1, 1.5], base_lr=2e-4, frozen_bn="1")
+    assert c.num_decoder_layers == 3 and isinstance(c.num_decoder_layers, int)
+    assert c.dropout == 0.0 and isinstance(c.dropout, float)
+    assert c.deep_supervision is False and c.frozen_bn is True
+    assert c.crop_size == (384, 320) and c.tta_scales == (1.0, 1.5)
+    assert c.base_lr == 2e-4
+    assert get_config("maskformer_r50_ade20k") == MaskFormerConfig()  # the dataclass defaults are this preset
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (dict(num_querys=10), "num_querys"),
+    (dict(num_decoder_layers="three"), "num_decoder_layers"),
+    (dict(num_decoder_layers=2.5), "num_decoder_layers"),
+    (dict(num_queries=True), "num_queries"),
+    (dict(deep_supervision="maybe"), "deep_supervision"),
+    (dict(crop_size="a,b"), "crop_size"),
+    (dict(crop_size=512), "crop_size"),
+    (dict(crop_size=(1, 2, 3)), "crop_size"),
+    (dict(backbone="resnet18"), "backbone"),
+    (dict(lr_schedule="cosine"), "lr_schedule"),
+    (dict(hidden_dim=250), "hidden_dim"),
+    (dict(num_classes=0), "num_classes"),
+])
+def test_bad_overrides_name_the_field(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        get_config("maskformer_r50_ade20k", **overrides)
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(ValueError, match="maskformer_r18_ade20k"):
+        get_config("maskformer_r18_ade20k")
