@@ -71,12 +71,13 @@ def mask_costs(
 
     pred_masks: logits [B, Q, h, w]; target_masks: {0,1} [B, K, h, w], padded per image;
     num_targets: int [B]. Returns (focal_cost, dice_cost), each float32 [B, Q, K]; columns
-    k >= num_targets[b] are 0. Accumulation is fp32 whatever the input dtype.
+    k >= num_targets[b] are 0. Accumulation is fp32 whatever the input dtype (fp64 for fp64).
     """
     B, Q = pred_masks.shape[:2]
     K = target_masks.shape[1]
-    x = pred_masks.reshape(B, Q, -1).float()
-    t = target_masks.reshape(B, K, -1).float()
+    dtype = torch.promote_types(pred_masks.dtype, torch.float32)  # fp32, or fp64 for tests
+    x = pred_masks.reshape(B, Q, -1).to(dtype)
+    t = target_masks.reshape(B, K, -1).to(dtype)
     hw = x.shape[-1]
     prob = x.sigmoid()
     # softplus(-x) = BCE(x, 1) and softplus(x) = BCE(x, 0), both stable for large |x|.
@@ -105,7 +106,8 @@ def mask_losses(
     both are summed over masks and divided by num_masks.
     """
     M = pred_masks.shape[0]
-    x = F.interpolate(pred_masks[:, None].float(), size=target_masks.shape[-2:],
+    dtype = torch.promote_types(pred_masks.dtype, torch.float32)  # fp32, or fp64 for tests
+    x = F.interpolate(pred_masks[:, None].to(dtype), size=target_masks.shape[-2:],
                       mode="bilinear", align_corners=False).reshape(M, -1)
     t = target_masks.reshape(M, -1).to(x.dtype)
     prob = x.sigmoid()
