@@ -186,6 +186,37 @@ def test_gradients_match_official_float64():
                                  name=f"layer {i} {key}.grad")
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"], ids=["cpp-backend", "triton-backend"])
+def test_losses_identical_with_each_matching_backend(backend):
+    """Same matching and losses as the scipy reference; the gpu backend runs on CUDA tensors
+    when there is a GPU, through the Triton interpreter otherwise."""
+    from maskformer_fast import matching
+    if backend not in matching.available_backends():
+        pytest.skip(f"matching backend {backend!r} is not available here")
+    device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
+    outputs, targets = make_batch((3, 0, 7), seed=5)
+    expected_cols = MaskFormerCriterion(num_classes=4, matcher_backend="scipy").match(outputs, targets)
+    expected = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")(outputs, targets)
+
+    def to(x):
+        if isinstance(x, dict):
+            return {k: to(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [to(v) for v in x]
+        return x.to(device) if isinstance(x, torch.Tensor) else x
+
+    crit = MaskFormerCriterion(num_classes=4, matcher_backend=backend).to(device)
+    assert torch.equal(crit.match(to(outputs), to(targets)).cpu(), expected_cols)
+    got = crit(to(outputs), to(targets))
+    for key in expected:
+        assert_close_verbose(got[key].cpu(), expected[key], rtol=1e-6, atol=1e-7, name=key)
+    broken = to(outputs)
+    broken["pred_logits"] = broken["pred_logits"].clone()
+    broken["pred_logits"][2, 1, 0] = float("nan")
+    with pytest.raises(ValueError, match="final decoder layer image 2"):
+        crit(broken, to(targets))
+
+
 def test_num_masks_all_reduced_when_distributed(tmp_path):
     """A one-process gloo group runs the all-reduce path: num_masks (and the losses) unchanged."""
     import torch.distributed as dist
