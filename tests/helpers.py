@@ -26,3 +26,18 @@ def error_ratio_ok(kernel_out: torch.Tensor, torch_out: torch.Tensor, ref64: tor
     k_err = (kernel_out.double() - ref64).abs().max().item()
     t_err = (torch_out.double() - ref64).abs().max().item()
     return k_err <= factor * t_err + floor
+
+
+def poison_torch_empty(monkeypatch) -> None:
+    """Make torch.empty / torch.empty_like return NaN-filled floating tensors for one test.
+
+    Kernel launchers allocate outputs with them, so an element a kernel forgets to write
+    shows up as NaN instead of whatever the allocator had there.
+    """
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))

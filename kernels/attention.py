@@ -1,0 +1,370 @@
+"""Multi-head attention in Triton, FlashAttention-2 style, forward and backward.
+
+``attention(q, k, v, key_padding_mask, scale, dropout_p)`` computes
+``dropout(softmax(q k^T * scale + mask)) v`` without materialising the [Lq, Lk] scores:
+
+* forward -- one program per (BLOCK_M query rows, batch * head) streams the keys in blocks
+  of BLOCK_N with an online softmax (running max m and sum l, rescaling the accumulator),
+  in the log2 domain (exp2). It writes O and the row logsumexp (base 2) for the backward.
+* backward -- two kernels, no atomics: ``_attn_bwd_dq_kernel`` (per query block: computes
+  delta = rowsum(dO * O), stores it, then dq over all key blocks) runs first, then
+  ``_attn_bwd_dkdv_kernel`` (per key block: dk, dv over all query blocks) reads delta.
+  P is recomputed from the saved logsumexp.
+
+Any Lq, Lk >= 1: rows / keys past the end are masked, not padded by the caller.
+key_padding_mask (bool [B, Lk], True = ignore) is applied as -inf scores. A row whose keys
+are all ignored gives NaN, like the reference and nn.MultiheadAttention; its gradients are
+not meaningful (the NaN output poisons them).
+
+Dropout on the attention weights uses Triton's Philox counter RNG: the keep decision of
+element (b*h, i, j) is ``tl.rand(seed, (bh * Lq + i) * Lk + j) >= p`` in the forward and
+regenerated identically in both backward kernels, so no mask is stored. The seed is drawn
+from torch's CPU generator (``torch.manual_seed`` makes it reproducible). The counter
+is 32-bit: above 2^32 score elements per call the streams wrap (still a valid dropout,
+with correlated masks).
+
+Precision: fp16 / bf16 inputs use tensor-core dots with fp32 accumulation; fp32 inputs
+use exact ("ieee") fp32 dots, not TF32, to match torch's default matmul; fp64 (for
+gradcheck through the interpreter) accumulates in fp64.
+"""
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ._settings import compile_config, next_power_of_2, tl_dtype, triton_type
+
+__all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "COMPILE_CONFIGS"]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+HEAD_DIMS = (16, 32, 64, 128)
+LOG2E = 1.4426950408889634
+BLOCK_M = 64
+
+
+def _block_n(head_dim: int) -> int:
+    # d = 128 keeps BLOCK_N smaller so K, V and the score tile stay in registers
+    return 64 if head_dim <= 64 else 32
+
+
+def _num_warps(head_dim: int) -> int:
+    return 4 if head_dim <= 64 else 8
+
+
+@triton.jit
+def _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
+    """Keep decision [BLOCK_M, BLOCK_N] of the dropout on attention weights (same in fwd and bwd)."""
+    counter = (bh * Lq + offs_m)[:, None] * Lk + offs_n[None, :]
+    return tl.rand(seed, counter) >= dropout_p
+
+
+@triton.jit
+def _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK: tl.constexpr):
+    """True for keys inside [0, Lk) that the padding mask does not ignore."""
+    valid = offs_n < Lk
+    if HAS_MASK:
+        ignored = tl.load(mask_ptr + b * Lk + offs_n, mask=valid, other=1)
+        valid = valid & (ignored == 0)
+    return valid
+
+
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
+                     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     H, Lq, Lk, qk_scale, dropout_p, seed,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = offs_m < Lq
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), ACC)
+    l_i = tl.zeros([BLOCK_M], ACC)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], ACC)
+    for start_n in range(0, Lk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        s = tl.where(key_valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # all keys so far ignored: subtract 0 instead of -inf so p = 0 rather than NaN
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
+        m_i = m_new
+    # l_i = 0 (every key ignored) gives NaN, like the reference
+    out = acc / l_i[:, None]
+    o_rows = bh.to(tl.int64) * Lq + offs_m
+    tl.store(o_ptr + o_rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=row_valid[:, None])
+    tl.store(lse_ptr + o_rows, m_i + tl.log2(l_i), mask=row_valid)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, mask_ptr,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn,
+                        H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """dq of one query block; first stores delta = rowsum(dO * O) for the dk/dv kernel."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_valid = offs_m < Lq
+    k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+    rows = bh.to(tl.int64) * Lq + offs_m
+    row_offsets = rows[:, None] * HEAD_DIM + offs_d[None, :]
+    do = tl.load(do_ptr + row_offsets, mask=row_valid[:, None], other=0.0)
+    o = tl.load(o_ptr + row_offsets, mask=row_valid[:, None], other=0.0)
+    delta = tl.sum(do.to(ACC) * o.to(ACC), axis=1)
+    tl.store(delta_ptr + rows, delta, mask=row_valid)
+    lse = tl.load(lse_ptr + rows, mask=row_valid, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], ACC)
+    for start_n in range(0, Lk, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
+        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        p = tl.where(key_valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION, out_dtype=ACC)
+    tl.store(dq_ptr + row_offsets, (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=row_valid[:, None])
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, mask_ptr,
+                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn,
+                          H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
+                          PRECISION: tl.constexpr):
+    """dk and dv of one key block, looping over all query blocks."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    key_in = offs_n < Lk
+    key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
+    q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    k = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=key_in[:, None], other=0.0)
+    v = tl.load(v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :], mask=key_in[:, None], other=0.0)
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], ACC)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], ACC)
+    for start_m in range(0, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_valid = offs_m < Lq
+        rows = bh.to(tl.int64) * Lq + offs_m
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+        do = tl.load(do_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+        lse = tl.load(lse_ptr + rows, mask=row_valid, other=0.0)
+        delta = tl.load(delta_ptr + rows, mask=row_valid, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
+        p = tl.where(row_valid[:, None] & key_valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
+        p_dropped = p
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            p_dropped = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        dv += tl.dot(tl.trans(p_dropped.to(do.dtype)), do, input_precision=PRECISION, out_dtype=ACC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION, out_dtype=ACC)
+    rows_k = bh.to(tl.int64) * Lk + offs_n
+    out_offsets = rows_k[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(dk_ptr + out_offsets, (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=key_in[:, None])
+    tl.store(dv_ptr + out_offsets, dv.to(dv_ptr.dtype.element_ty), mask=key_in[:, None])
+
+
+@triton.jit
+def _dropout_keep_mask_kernel(keep_ptr, Lq, Lk, dropout_p, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The keep mask [B*h, Lq, Lk] the attention kernels draw for this seed (for tests and debugging)."""
+    bh = tl.program_id(2)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+    inside = (offs_m < Lq)[:, None] & (offs_n < Lk)[None, :]
+    offsets = (bh.to(tl.int64) * Lq + offs_m)[:, None] * Lk + offs_n[None, :]
+    tl.store(keep_ptr + offsets, keep.to(tl.int8), mask=inside)
+
+
+def draw_seed() -> int:
+    """The Philox seed of one dropout call, from torch's CPU generator (no GPU sync)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+def dropout_keep_mask(seed: int, batch_heads: int, Lq: int, Lk: int, dropout_p: float, device=None) -> torch.Tensor:
+    """bool [batch_heads, Lq, Lk]: which attention weights a call with this seed keeps."""
+    keep = torch.empty(batch_heads, Lq, Lk, dtype=torch.int8, device=device)
+    grid = (triton.cdiv(Lq, 32), triton.cdiv(Lk, 32), batch_heads)
+    _dropout_keep_mask_kernel[grid](keep, Lq, Lk, float(dropout_p), seed, BLOCK_M=32, BLOCK_N=32)
+    return keep.bool()
+
+
+def _meta(q: torch.Tensor, has_mask: bool, dropout: bool) -> dict:
+    d = q.shape[-1]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return dict(HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=_block_n(d), HAS_MASK=has_mask, DROPOUT=dropout,
+                ACC=tl_dtype(acc), PRECISION="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee",
+                num_warps=_num_warps(d))
+
+
+def _strides(*tensors):
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class AttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, ignore, scale, dropout_p, seed):
+        B, H, Lq, d = q.shape
+        Lk = k.shape[2]
+        meta = _meta(q, ignore is not None, dropout_p > 0.0)
+        mask_arg = q if ignore is None else ignore
+        o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
+        lse = torch.empty(B * H, Lq, device=q.device, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        grid = (triton.cdiv(Lq, BLOCK_M), B * H)
+        _attn_fwd_kernel[grid](q, k, v, o, lse, mask_arg, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E,
+                               dropout_p, seed, **meta)
+        ctx.save_for_backward(q, k, v, o, lse, ignore)
+        ctx.scale, ctx.dropout_p, ctx.seed, ctx.meta = scale, dropout_p, seed, meta
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, ignore = ctx.saved_tensors
+        B, H, Lq, d = q.shape
+        Lk = k.shape[2]
+        do = do.contiguous()
+        mask_arg = q if ignore is None else ignore
+        dq = torch.empty_like(o)
+        dk = torch.empty(B, H, Lk, d, device=k.device, dtype=k.dtype)
+        dv = torch.empty_like(dk)
+        delta = torch.empty_like(lse)
+        args = (*_strides(q, k, v), H, Lq, Lk, ctx.scale * LOG2E, ctx.scale, ctx.dropout_p, ctx.seed)
+        meta = ctx.meta
+        _attn_bwd_dq_kernel[(triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](
+            q, k, v, o, do, dq, lse, delta, mask_arg, *args, **meta)
+        _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](
+            q, k, v, do, dk, dv, lse, delta, mask_arg, *args, **meta)
+        return dq, dk, dv, None, None, None, None
+
+
+def _check_inputs(q, k, v, key_padding_mask, dropout_p):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attention: q, k, v must be [B, h, L, d], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    B, H, Lq, d = q.shape
+    if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != d:
+        raise ValueError(f"attention: k and v must be [{B}, {H}, Lk, {d}], got {tuple(k.shape)}, {tuple(v.shape)}")
+    if Lq == 0 or k.shape[2] == 0:
+        raise ValueError(f"attention: empty query or key sequence (Lq={Lq}, Lk={k.shape[2]})")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"attention: head dim {d} not supported (one of {HEAD_DIMS})")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"attention: q, k, v must share a dtype in {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
+                                         or tuple(key_padding_mask.shape) != (B, k.shape[2])):
+        raise ValueError(f"attention: key_padding_mask must be bool [{B}, {k.shape[2]}], got "
+                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q k^T * scale) v; the Triton twin of ``maskformer_fast.reference.attention``.
+
+    q: [B, h, Lq, d]; k, v: [B, h, Lk, d] (any strides with a unit last stride), d in
+    {16, 32, 64, 128}; key_padding_mask: bool [B, Lk], True = ignore. Returns contiguous
+    [B, h, Lq, d] in q's dtype.
+    """
+    _check_inputs(q, k, v, key_padding_mask, dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    ignore = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    seed = draw_seed() if dropout_p > 0.0 else 0
+    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    return AttentionFunction.apply(q, k, v, ignore, scale, float(dropout_p), seed)
+
+
+def supports(q, k=None, v=None, key_padding_mask=None, dropout_p=0.0, **_) -> bool:
+    """Whether the kernel handles this call (else ops falls back to the reference)."""
+    try:
+        _check_inputs(q, k, v, key_padding_mask, dropout_p)
+    except ValueError:
+        return False
+    return True
+
+
+def _compile_configs():
+    """Every head dim the launcher accepts, in bf16 and fp32, with the mask and dropout paths on."""
+    configs = []
+    kernels = (_attn_fwd_kernel, _attn_bwd_dq_kernel, _attn_bwd_dkdv_kernel)
+    for dtype in (torch.bfloat16, torch.float32):
+        t = triton_type(dtype)
+        types = {name: f"*{t}" for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr",
+                                            "dv_ptr")}
+        types.update(lse_ptr="*fp32", delta_ptr="*fp32", mask_ptr="*u8", qk_scale="fp32", sm_scale="fp32",
+                     dropout_p="fp32", seed="i32")
+        types.update({name: "i32" for name in ("H", "Lq", "Lk", "stride_qb", "stride_qh", "stride_qm",
+                                               "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
+                                               "stride_vn")})
+        for d in (32, 64, 128):
+            meta = _meta(torch.empty(0, d, dtype=dtype, device="meta"), has_mask=True, dropout=True)
+            warps = meta.pop("num_warps")
+            configs += [compile_config(fn, types, meta, warps) for fn in kernels]
+    configs.append(compile_config(_dropout_keep_mask_kernel, {"keep_ptr": "*i8", "Lq": "i32", "Lk": "i32",
+                                                              "dropout_p": "fp32", "seed": "i32"},
+                                  dict(BLOCK_M=32, BLOCK_N=32)))
+    return configs
+
+
+COMPILE_CONFIGS = _compile_configs()
