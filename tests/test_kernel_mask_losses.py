@@ -137,6 +137,28 @@ def test_ops_dispatch_matches_eager(poisoned_outputs):
         assert_close_verbose(a, e, rtol=1e-5, atol=1e-7, name=name)
 
 
+def test_criterion_matches_eager():
+    """The whole criterion (matching costs + mask losses, 3 layers) with both ops on Triton."""
+    from maskformer_fast.criterion import MaskFormerCriterion
+    from tests.test_criterion import make_batch
+
+    criterion = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")
+    results = {}
+    for mode in ("eager", "triton"):
+        outputs, targets = make_batch((3, 0, 2), Q=6, h=5, w=7, input_size=(18, 26), seed=4, requires_grad=True)
+        with ops.use(mode):
+            cols = criterion.match(outputs, targets)
+            losses = criterion(outputs, targets)
+        sum(losses.values()).backward()
+        results[mode] = cols, losses, outputs["pred_masks"].grad, outputs["aux_outputs"][1]["pred_masks"].grad
+    (cols, losses, grad, aux_grad), (cols_e, losses_e, grad_e, aux_grad_e) = results["triton"], results["eager"]
+    assert torch.equal(cols, cols_e)
+    for key in losses_e:
+        assert_close_verbose(losses[key].detach(), losses_e[key].detach(), rtol=1e-5, atol=1e-7, name=key)
+    assert_close_verbose(grad, grad_e, rtol=1e-5, atol=1e-7, name="pred_masks grad")
+    assert_close_verbose(aux_grad, aux_grad_e, rtol=1e-5, atol=1e-7, name="aux pred_masks grad")
+
+
 @pytest.mark.parametrize("pred_shape,target_shape,match", [
     ((2, 4, 4), (3, 16, 16), "expected"),
     ((2, 4, 4), (2, 16), "expected"),
