@@ -28,6 +28,7 @@ _API = {
     "semantic_inference_tta": "inference",
     "panoptic_inference": "inference",
     "instance_inference": "inference",
+    "PanopticMetadata": "inference",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
                "config", "model", "convert")
