@@ -76,8 +76,8 @@ def mask_costs(
     B, Q = pred_masks.shape[:2]
     K = target_masks.shape[1]
     dtype = torch.promote_types(pred_masks.dtype, torch.float32)  # fp32, or fp64 for tests
-    x = pred_masks.reshape(B, Q, -1).to(dtype)
-    t = target_masks.reshape(B, K, -1).to(dtype)
+    x = pred_masks.flatten(2).to(dtype)
+    t = target_masks.flatten(2).to(dtype)
     hw = x.shape[-1]
     prob = x.sigmoid()
     # softplus(-x) = BCE(x, 1) and softplus(x) = BCE(x, 0), both stable for large |x|.
