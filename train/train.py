@@ -119,9 +119,10 @@ def init_distributed(device_arg: Optional[str]) -> Tuple[Dist, torch.device]:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer, to check that data-parallel ranks agree."""
+    """SHA-256 of every parameter, to check that data-parallel ranks agree (buffers such as
+    BatchNorm running statistics are per rank between DDP's broadcasts, so they are left out)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in model.named_parameters():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
