@@ -49,12 +49,13 @@ from torch import nn
 
 from .config import MaskFormerConfig, get_config
 
-__all__ = ["from_hf", "config_from_hf", "load_official_checkpoint", "official_to_state_dict", "hf_to_state_dict"]
+__all__ = ["from_hf", "config_from_hf", "hf_to_state_dict", "load_official_checkpoint", "read_checkpoint",
+           "official_to_state_dict"]
 
 Tensor = torch.Tensor
 # target: our name (re.Match.expand template, or a function of the match); a "#i/n" suffix marks
 # part i of n pieces that are concatenated along dim 0 (fused q/k/v)
-Target = Union[str, Callable[["re.Match"], str]]
+Target = Union[str, Callable[[re.Match], str]]
 Rule = Tuple[str, Target]
 Skip = Tuple[str, str]  # (regex, reason)
 
@@ -99,7 +100,9 @@ def _rename(source: Dict[str, Tensor], rules: Sequence[Rule], skips: Sequence[Sk
             if "#" in new:
                 new, piece = new.split("#")
                 index, count = (int(v) for v in piece.split("/"))
-                parts.setdefault(new, {})[index] = (count, tensor)
+                if index in parts.setdefault(new, {}):
+                    raise ValueError(f"{source_name}: two source tensors map to piece {index} of {new!r}")
+                parts[new][index] = (count, tensor)
             elif new in out:
                 raise ValueError(f"{source_name}: two source tensors map to {new!r}")
             else:
@@ -131,13 +134,18 @@ def _load_strict(model: nn.Module, tensors: Dict[str, Tensor], source_name: str,
     Shape mismatches are always errors.
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
+    # a BatchNorm step counter (only with frozen_bn=False) is not a weight: keep ours if absent
+    missing = [k for k in own if k not in tensors and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in tensors if k not in own]
     bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in tensors.items() if k in own and v.shape != own[k].shape]
     if bad_shape:
         raise ValueError(f"{source_name}: {len(bad_shape)} tensors have the wrong shape for this model "
                          f"(config mismatch?): {_preview(bad_shape)}")
+    not_finite = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not_finite:
+        raise ValueError(f"{source_name}: {len(not_finite)} tensors contain NaN or infinite values: "
+                         f"{_preview(not_finite)}")
     problems = []
     if missing:
         problems.append(f"{len(missing)} model tensors missing from the checkpoint: {_preview(missing)}")
@@ -154,7 +162,7 @@ def _load_strict(model: nn.Module, tensors: Dict[str, Tensor], source_name: str,
 
 # ---------------------------------------------------------------------------- HF transformers
 def _hf_resnet_rules(p: str) -> List[Rule]:
-    def stage(m: "re.Match") -> str:
+    def stage(m: re.Match) -> str:
         return f"backbone.layer{int(m[1]) + 1}.{m[2]}"
     return [
         (p + r"embedder\.embedder\.convolution\.weight", "backbone.conv1.weight"),
@@ -170,7 +178,7 @@ def _hf_resnet_rules(p: str) -> List[Rule]:
     ]
 
 
-def _next_stage_downsample(m: "re.Match") -> str:
+def _next_stage_downsample(m: re.Match) -> str:
     """Patch merging at the end of stage i (official, HF) -> start of stage i+1 (timm)."""
     return f"backbone.layers.{int(m[1]) + 1}.downsample.{m[2]}"
 
@@ -202,7 +210,7 @@ def _hf_head_rules() -> List[Rule]:
     lay = t + r"decoder\.layers\.(\d+)\."
     ours = r"predictor.transformer.decoder.layers.\1."
 
-    def fpn(kind: str, norm: bool) -> Callable[["re.Match"], str]:
+    def fpn(kind: str, norm: bool) -> Callable[[re.Match], str]:
         # HF's fpn.layers[k] handles res{4-k}: k=0 -> res4 (our adapter_3/layer_3)
         return lambda m: f"pixel_decoder.{kind}_{3 - int(m[1])}." + ("norm." if norm else "") + m[2]
 
@@ -347,7 +355,7 @@ def from_hf(hf_model, **overrides):
 
 # ---------------------------------------------------------------------------- official checkpoints
 def _d2_resnet_rules(deeplab_stem: bool) -> List[Rule]:
-    def block(m: "re.Match") -> str:
+    def block(m: re.Match) -> str:
         return f"backbone.layer{int(m[1]) - 1}.{m[2]}"
     if deeplab_stem:  # timm deep stem: Sequential(conv, bn, act, conv, bn, act, conv) + bn1
         stem: List[Rule] = [

@@ -288,6 +288,13 @@ def test_missing_and_unknown_tensors(r50_model, r50_ckpt, tmp_path):
         load_official_checkpoint(r50_model, save_pth(tmp_path / "extra.pth", ckpt))
 
 
+def test_non_finite_weights_are_refused(r50_model, r50_ckpt, tmp_path):
+    ckpt = dict(r50_ckpt)
+    ckpt["sem_seg_head.predictor.query_embed.weight"] = torch.full((100, 256), float("nan"))
+    with pytest.raises(ValueError, match=r"NaN or infinite.*predictor\.query_embed\.weight"):
+        load_official_checkpoint(r50_model, save_pkl(tmp_path / "nan.pkl", ckpt))
+
+
 def test_pickle_with_foreign_objects_is_refused(r50_model, tmp_path):
     path = tmp_path / "odd.pkl"
     with open(path, "wb") as f:

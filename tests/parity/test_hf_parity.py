@@ -7,11 +7,13 @@ affines and Swin relative-position tables are perturbed so that no mapping error
 behind HF's identity-like initialisation. Shrunk where it does not change the architecture:
 10 classes, 20 queries, 2 decoder layers; the backbones are full ResNet-50 and Swin-T.
 """
+from collections import Counter
+
 import pytest
 import torch
 
 from maskformer_fast import from_hf
-from maskformer_fast.convert import config_from_hf
+from maskformer_fast.convert import config_from_hf, hf_to_state_dict
 from tests.helpers import assert_close_verbose
 
 transformers = pytest.importorskip("transformers")
@@ -73,6 +75,7 @@ def pair(request):
     targets = _targets(generator)
     mask_labels = [t["masks"].float() for t in targets]
     class_labels = [t["labels"] for t in targets]
+    _, skipped = hf_to_state_dict(hf)
     with torch.no_grad():
         hf_out = hf(images, mask_labels=mask_labels, class_labels=class_labels)
         # HF's per-term dict (weighted with its weight_dict: CE x1, focal x20, dice x1)
@@ -80,11 +83,11 @@ def pair(request):
                                     class_labels, auxiliary_logits=None)
         out = ours(images)
         losses = ours.criterion(out, targets)
-    return request.param, hf_out, hf_terms, out, losses
+    return request.param, hf_out, hf_terms, out, losses, skipped
 
 
 def test_logits_and_masks_match_hf(pair):
-    backbone, hf_out, _, out, _ = pair
+    backbone, hf_out, _, out, _, _ = pair
     assert out["pred_logits"].shape == (2, 20, NUM_LABELS + 1)
     assert out["pred_masks"].shape == (2, 20, IMAGE_SIZE[0] // 4, IMAGE_SIZE[1] // 4)
     assert_close_verbose(out["pred_logits"], hf_out.class_queries_logits, rtol=0, atol=1e-4,
@@ -95,12 +98,23 @@ def test_logits_and_masks_match_hf(pair):
 
 def test_final_layer_losses_match_hf(pair):
     """Like terms: our loss_ce/loss_mask/loss_dice vs HF's loss_cross_entropy/loss_mask/loss_dice."""
-    backbone, hf_out, hf_terms, _, losses = pair
+    backbone, hf_out, hf_terms, _, losses, _ = pair
     assert set(hf_terms) == {"loss_cross_entropy", "loss_mask", "loss_dice"}  # HF aux loss off
     assert_close_verbose(sum(hf_terms.values()), hf_out.loss, rtol=1e-6, atol=0, name="HF loss = sum of terms")
     for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"),
                              ("loss_dice", "loss_dice")):
         assert_close_verbose(losses[ours_key], hf_terms[hf_key], rtol=1e-5, atol=0, name=f"{backbone} {ours_key}")
+
+
+def test_only_derived_hf_tensors_are_skipped(pair):
+    """Every HF tensor is used except BN step counters, Swin index tables and MaskFormerSwinModel's
+    final LayerNorm (not on the path to the four features)."""
+    backbone, _, _, _, _, skipped = pair
+    kinds = Counter(name.rsplit(".", 1)[-1] if "layernorm" not in name else "final layernorm" for name in skipped)
+    if backbone == "resnet50":
+        assert kinds == {"num_batches_tracked": 1 + (3 + 4 + 6 + 3) * 3 + 4}  # stem, 3 per block, 4 shortcuts
+    else:
+        assert kinds == {"relative_position_index": 2 + 2 + 6 + 2, "final layernorm": 2}
 
 
 def test_config_inferred_from_hf():
