@@ -275,7 +275,10 @@ def _hf_backbone_name(backbone_config) -> str:
                              f"num_heads={list(c.num_heads)} is not one of Swin-T/S/B/L")
         checks = {"patch_size": (c.patch_size, 4), "mlp_ratio": (c.mlp_ratio, 4.0), "qkv_bias": (c.qkv_bias, True),
                   "use_absolute_embeddings": (c.use_absolute_embeddings, False), "hidden_act": (c.hidden_act, "gelu"),
-                  "layer_norm_eps": (c.layer_norm_eps, 1e-5), "num_channels": (c.num_channels, 3)}
+                  "layer_norm_eps": (c.layer_norm_eps, 1e-5), "num_channels": (c.num_channels, 3),
+                  # the official Swin in MaskFormer has no dropout, only stochastic depth
+                  "hidden_dropout_prob": (c.hidden_dropout_prob, 0.0),
+                  "attention_probs_dropout_prob": (c.attention_probs_dropout_prob, 0.0)}
         for name, (got, want) in checks.items():
             if got != want:
                 raise ValueError(f"from_hf: HF Swin with {name}={got!r} is not supported (need {want!r})")
