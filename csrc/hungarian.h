@@ -35,11 +35,12 @@ struct LsaWorkspace {
   std::vector<double> cost;      // the problem as [short side, long side], contiguous
   std::vector<double> u, v;      // row and column duals
   std::vector<double> shortest;  // shortest path length to each column in one search
+  std::vector<double> blocked;   // 0 for columns open in the current search, +inf once reached
+  std::vector<double> taken;     // 0 for free columns, +inf for matched ones
   std::vector<int64_t> path;     // row preceding each column on its shortest path
   std::vector<int64_t> col4row, row4col;
-  std::vector<int64_t> remaining;     // columns not yet reached in the current search
   std::vector<int64_t> visited_rows;  // rows reached in the current search
-  std::vector<char> col_done;         // column reached in the current search
+  std::vector<int64_t> visited_cols;  // columns reached in the current search
 };
 
 // Solves one problem: cost[i * row_stride + j] for i < rows, j < cols (row_stride >= cols).
