@@ -85,7 +85,7 @@ class MaskFormerConfig:
     base_lr: float = 1e-4
     weight_decay: float = 1e-4
     backbone_lr_multiplier: float = 0.1
-    warmup_iters: int = 0
+    warmup_iters: int = 0                     # linear warmup from 1e-6 x base_lr (Detectron2 WARMUP_FACTOR)
     lr_schedule: str = "poly"
     lr_steps: Tuple[int, ...] = ()
     poly_power: float = 0.9
@@ -205,17 +205,16 @@ def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
     elif dataset == "mapillary":
         r.update(batch_size=16, crop_size=(1280, 1280), max_iter=300000, test_short_side=2048, test_max_size=8192)
     elif dataset == "coco_panoptic":
-        # DETR panoptic recipe: 554k iterations at batch 64 (~300 epochs), one lr step at 2/3
+        # DETR panoptic recipe: 554k iterations at batch 64 (~300 epochs), one lr step at 2/3.
+        # The official WARMUP_ITERS 10 comes with WARMUP_FACTOR 1.0, i.e. no warmup in effect.
         r.update(batch_size=64, crop_size=(800, 1333), max_iter=554400, lr_schedule="multistep",
-                 lr_steps=(369600,), warmup_iters=10, test_short_side=800, test_max_size=1333)
+                 lr_steps=(369600,), warmup_iters=0, test_short_side=800, test_max_size=1333)
         if swin:
             r.update(enforce_input_project=True)
         else:
             r.update(pixel_decoder_encoder_layers=6)  # "+6Enc"
-    if swin:
-        r.update(base_lr=6e-5, weight_decay=0.01, backbone_lr_multiplier=1.0)
-        if dataset != "coco_panoptic":
-            r.update(warmup_iters=1500)
+    if swin:  # the Swin configs' SOLVER block: linear warmup from 1e-6 over 1500 iterations
+        r.update(base_lr=6e-5, weight_decay=0.01, backbone_lr_multiplier=1.0, warmup_iters=1500)
     return r
 
 

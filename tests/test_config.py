@@ -53,9 +53,11 @@ def test_other_dataset_recipes():
         c = get_config(f"maskformer_{short}_coco_panoptic")
         assert c.pixel_decoder_encoder_layers == 6  # "+6Enc"
         assert (c.batch_size, c.max_iter, c.lr_schedule, c.lr_steps) == (64, 554400, "multistep", (369600,))
+        assert (c.base_lr, c.weight_decay, c.backbone_lr_multiplier, c.warmup_iters) == (1e-4, 1e-4, 0.1, 0)
     for short in ("swin_t", "swin_s", "swin_b", "swin_l"):
         c = get_config(f"maskformer_{short}_coco_panoptic")
         assert c.enforce_input_project and c.pixel_decoder_encoder_layers == 0
+        assert (c.base_lr, c.weight_decay, c.backbone_lr_multiplier, c.warmup_iters) == (6e-5, 0.01, 1.0, 1500)
 
 
 def test_overrides_are_coerced_from_strings_and_lists():
