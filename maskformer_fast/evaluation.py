@@ -230,7 +230,7 @@ def pq_compute_single_image(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_segment
     # panopticapi keeps one crowd segment per category: the last one in segments_info order.
     crowd_of_cat = {int(c): int(s) for s, c, crowd in zip(gt_ids, gt_cat, gt_crowd) if crowd}
     crowd_inter = np.zeros(len(pred_ids), dtype=np.int64)
-    if crowd_of_cat:
+    if crowd_of_cat and len(pred_ids):
         crowd_id_for_pred = np.array([crowd_of_cat.get(int(c), -1) for c in pred_cat], dtype=np.int64)
         on_crowd = (pi >= 0) & (pair_gt == crowd_id_for_pred[np.maximum(pi, 0)])
         np.add.at(crowd_inter, pi[on_crowd], inter[on_crowd])

@@ -80,6 +80,20 @@ def test_pq_hand_computed_with_void_and_crowd(tmp_path):
     assert r["per_class"][1]["pq"] == pytest.approx(0.75)
 
 
+def test_pq_empty_prediction_counts_false_negatives(tmp_path):
+    categories = [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}]
+    gt = np.zeros((3, 6), dtype=np.int64)
+    gt[:, :2], gt[:, 2:4], gt[:, 4:] = 10, 11, 20
+    gt_segments = [{"id": 10, "category_id": 1, "iscrowd": 0, "area": 6},
+                   {"id": 11, "category_id": 1, "iscrowd": 1, "area": 6},
+                   {"id": 20, "category_id": 2, "iscrowd": 0, "area": 6}]
+    ann = {"image_id": 7, "file_name": "7.png"}
+    gt_json = _write_panoptic(tmp_path, "gt", [dict(ann, segments_info=gt_segments)], categories, [gt])
+    pred_json = _write_panoptic(tmp_path, "pred", [dict(ann, segments_info=[])], categories, [gt * 0])
+    r = pq_compute(gt_json, pred_json)
+    assert r["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 2}  # one FN per class, the crowd not counted
+
+
 def _perturbed_predictions(gt_dir, gt_json_path, out_dir):
     """Predictions from the ground truth: shifted, some relabelled, dropped, split or added."""
     with open(gt_json_path) as f:
