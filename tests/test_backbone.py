@@ -178,3 +178,13 @@ def test_swin_backbone_matches_hf_maskformer_swin():
         hf_feats = hf(x).feature_maps
     for name, ref in zip(FEATURE_NAMES, hf_feats):
         assert_close_verbose(feats[name], ref, rtol=1e-4, atol=1e-4, name=name)
+
+
+@pytest.mark.parametrize("name", ["resnet101", "swin_small", "swin_base", "swin_large"])
+def test_other_backbones_shapes_on_meta(name):
+    # window 12 (Swin-B/L) on maps of 24x40 ... 3x5: padding and shift masks on every stage
+    with torch.device("meta"):
+        backbone = build_backbone(name, window_size=12 if name in ("swin_base", "swin_large") else 7)
+        feats = backbone(torch.empty(1, 3, 96, 160))
+    for f in backbone.feature_info:
+        assert feats[f["name"]].shape == (1, f["num_chs"], 96 // f["reduction"], 160 // f["reduction"])
