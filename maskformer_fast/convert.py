@@ -339,7 +339,9 @@ def from_hf(hf_model, **overrides):
     The config is inferred (``config_from_hf``; keyword overrides for non-architecture fields such
     as ``deep_supervision`` or ``dataset``); loading is strict. The result is in the same
     train/eval mode as `hf_model`. Outputs match HF's class_queries_logits / masks_queries_logits
-    (for inputs whose sides are multiples of 32: we pad to 32 internally, HF does not).
+    (for inputs whose sides are multiples of 32: we pad to 32 internally, HF does not). With
+    deep supervision our ``aux_outputs`` follow the official model (shared final LayerNorm on every
+    layer); HF's auxiliary logits skip that norm, so only the final-layer outputs are comparable.
 
     Raises ValueError for HF configs we cannot reproduce (other backbones, absolute position
     embeddings, non-ReLU decoders ...).
