@@ -88,6 +88,8 @@ def test_official_module_names(r50_model):
     assert "pixel_decoder.adapter_4.weight" not in names and "pixel_decoder.layer_1.bias" not in names
     assert r50_model.pixel_decoder.mask_features.kernel_size == (3, 3)  # the code's 3x3, not the paper's 1x1
     assert r50_model.predictor.transformer.decoder.layers[0].self_attn.in_proj_weight.shape == (768, 256)
+    assert isinstance(r50_model.criterion, mf.criterion.MaskFormerCriterion)
+    assert not list(r50_model.criterion.parameters())  # no trainable state hidden in the loss
 
 
 def test_plus_6enc_and_swin_coco_variants():
