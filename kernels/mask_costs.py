@@ -108,11 +108,12 @@ def _mask_costs_kernel(
         t_ok = p_ok[:, None] & k_ok[None, :]
         t = tl.load(target_cols + offs_p[:, None], mask=t_ok, other=0).to(tl.float32)  # [P, K]
 
-        # softplus(-x) = BCE(x, 1) = max(-x, 0) + log(1 + exp(-|x|)); softplus(x) = that + x
-        softplus_neg = tl.maximum(-x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+        # with e = exp(-|x|) (one exp for both): softplus(-x) = BCE(x, 1) = max(-x, 0) +
+        # log(1 + e), softplus(x) = that + x, sigmoid(x) = (x >= 0 ? 1 : e) / (1 + e)
+        e = tl.exp(-tl.abs(x))
+        softplus_neg = tl.maximum(-x, 0.0) + tl.log(1.0 + e)
         softplus_pos = softplus_neg + x
-        s = tl.sigmoid(x)
-        s = tl.where(p_ok[None, :], s, 0.0)
+        s = tl.where(p_ok[None, :], tl.where(x >= 0, 1.0, e) / (1.0 + e), 0.0)
         focal_pos = alpha * (1.0 - s) * (1.0 - s) * softplus_neg
         focal_neg = (1.0 - alpha) * s * s * softplus_pos
 

@@ -91,8 +91,11 @@ def _upsampled_logits(pred_m, stride_py, stride_px, offs_y, offs_x, mask, h, w, 
 @triton.jit
 def _focal_terms(x, t, alpha):
     """sigmoid s, BCE-with-logits ce, 1 - p_t and alpha_t of the official sigmoid_focal_loss."""
-    s = tl.sigmoid(x)
-    ce = tl.maximum(x, 0.0) - x * t + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    # one exp serves both: with e = exp(-|x|), sigmoid = (x >= 0 ? 1 : e) / (1 + e) and
+    # softplus(x) = max(x, 0) + log(1 + e) (the special-function unit is the bottleneck)
+    e = tl.exp(-tl.abs(x))
+    s = tl.where(x >= 0, 1.0, e) / (1.0 + e)
+    ce = tl.maximum(x, 0.0) - x * t + tl.log(1.0 + e)
     one_minus_pt = 1.0 - (s * t + (1.0 - s) * (1.0 - t))
     alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
     return s, ce, one_minus_pt, alpha_t
