@@ -81,7 +81,7 @@ def _mask_costs_kernel(
     b = tl.program_id(0)
     pid_q = tl.program_id(1)
     pid_k = tl.program_id(2)
-    n_valid = tl.load(num_targets_ptr + b)
+    n_valid = tl.minimum(tl.load(num_targets_ptr + b), K)  # more than Kmax: all valid, as the reference
 
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

@@ -66,6 +66,12 @@ def test_half_logits_are_read_exactly(poisoned_outputs, pred_dtype):
     _check(*_problem(2, 5, 4, 6, 7, [4, 2], pred_dtype=pred_dtype))
 
 
+def test_num_targets_beyond_kmax_reads_nothing_outside(poisoned_outputs):
+    """num_targets > Kmax means every column is valid (as the reference), not a read past Kmax."""
+    pred, target, _ = _problem(2, 3, 4, 5, 5, [4, 4])
+    _check(pred, target, torch.tensor([9, -1], device=DEVICE))
+
+
 def test_no_targets_at_all(poisoned_outputs):
     pred, target, num_targets = _problem(2, 5, 0, 4, 4, [0, 0])
     focal, dice = kernel.mask_costs(pred, target, num_targets)
