@@ -36,10 +36,10 @@ def _reference64(pred, target, num_targets):
 
 def _check(pred, target, num_targets, rtol=1e-5, atol=1e-6):
     focal, dice = kernel.mask_costs(pred, target, num_targets)
-    ref_focal, ref_dice = _reference64(pred.cpu(), target.cpu(), num_targets.cpu())
+    ref_focal, ref_dice = _reference64(pred, target, num_targets)  # on the same device
     assert focal.dtype == dice.dtype == torch.float32
-    assert_close_verbose(focal.cpu(), ref_focal, rtol=rtol, atol=atol, name="focal")
-    assert_close_verbose(dice.cpu(), ref_dice, rtol=rtol, atol=atol, name="dice")
+    assert_close_verbose(focal.cpu(), ref_focal.cpu(), rtol=rtol, atol=atol, name="focal")
+    assert_close_verbose(dice.cpu(), ref_dice.cpu(), rtol=rtol, atol=atol, name="dice")
 
 
 @pytest.mark.parametrize("B,Q,K,h,w,num_targets", [

@@ -41,16 +41,16 @@ def _check(pred, target, num_masks=2.5, rtol=1e-5, atol=1e-7, grad_rtol=1e-5):
     focal, dice = kernel.mask_losses(x, target, num_masks)
     (wf * focal + wd * dice).backward()
 
-    x64 = pred.detach().cpu().double().requires_grad_()
-    ref_focal, ref_dice = reference.mask_losses(x64, target.cpu(), num_masks)
+    x64 = pred.detach().double().requires_grad_()  # on the same device
+    ref_focal, ref_dice = reference.mask_losses(x64, target, num_masks)
     (wf * ref_focal + wd * ref_dice).backward()
 
     assert focal.dtype == dice.dtype == torch.float32 and focal.shape == dice.shape == ()
-    assert_close_verbose(focal.detach().cpu(), ref_focal, rtol=rtol, atol=atol, name="focal")
-    assert_close_verbose(dice.detach().cpu(), ref_dice, rtol=rtol, atol=atol, name="dice")
+    assert_close_verbose(focal.detach().cpu(), ref_focal.cpu(), rtol=rtol, atol=atol, name="focal")
+    assert_close_verbose(dice.detach().cpu(), ref_dice.cpu(), rtol=rtol, atol=atol, name="dice")
     assert x.grad.dtype == pred.dtype
-    scale = x64.grad.abs().max()
-    assert_close_verbose(x.grad.cpu(), x64.grad, rtol=grad_rtol, atol=grad_rtol * scale, name="grad")
+    scale = x64.grad.abs().max().item()
+    assert_close_verbose(x.grad.cpu(), x64.grad.cpu(), rtol=grad_rtol, atol=grad_rtol * scale, name="grad")
 
 
 @pytest.mark.parametrize("M,h,w,H,W", [
