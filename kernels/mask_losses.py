@@ -331,7 +331,7 @@ def mask_losses(
 def _compile_configs():
     """Forward and backward kernels for each logits dtype and the two target kinds."""
     configs = []
-    for pred_dtype, target_dtype in (("fp32", "u8"), ("bf16", "u8"), ("fp16", "fp32"), ("fp32", "bf16")):
+    for pred_dtype, target_dtype in (("fp32", "u8"), ("bf16", "u8"), ("fp16", "fp32")):
         common = {"pred_ptr": f"*{pred_dtype}", "target_ptr": f"*{target_dtype}"}
         ints = {name: "i32" for name in ("h", "w", "H", "W")}
         strides = {f"stride_{t}{d}": "i32" for t in "pt" for d in "myx"}

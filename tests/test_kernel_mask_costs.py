@@ -123,6 +123,14 @@ def test_ops_dispatch_matches_eager(poisoned_outputs):
         assert_close_verbose(a, e, rtol=1e-5, atol=1e-6, name=name)
 
 
+def test_unsupported_dtype_falls_back_to_eager():
+    pred, target, num_targets = _problem(1, 3, 2, 4, 4, [2])
+    assert not kernel.supports(pred.double(), target)
+    with ops.use("triton"):
+        focal, _ = ops.mask_costs(pred.double(), target, num_targets)
+    assert focal.dtype == torch.float64  # the reference ran
+
+
 @pytest.mark.parametrize("args,match", [
     (((2, 3, 4, 4), (2, 2, 4, 5), [2, 2]), "do not match"),
     (((2, 3, 4, 4), (1, 2, 4, 4), [2]), "do not match"),
