@@ -153,13 +153,25 @@ def _read_ids(path: str) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
+def _dense_index(id_map: np.ndarray, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Position of each pixel's id in ``ids`` and a mask of pixels whose id is not in ``ids``."""
+    if len(ids) == 0:
+        return np.zeros(id_map.shape, dtype=np.int64), np.ones(id_map.shape, dtype=bool)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], id_map), len(ids) - 1)
+    found = ids[order][pos] == id_map
+    return order[pos], ~found
+
+
 def pq_compute_single_image(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_segments: Sequence[Dict],
                             pred_segments: Sequence[Dict], categories: Dict[int, Dict], image_id=None,
                             stats: Optional[PQStats] = None) -> PQStats:
     """Add one image's TP/FP/FN/IoU to ``stats`` (panopticapi's per-image loop, vectorised).
 
     pan_gt, pan_pred: [H,W] segment ids (0 = void); gt_segments / pred_segments: the json
-    ``segments_info`` lists (gt areas and crowd flags from the json, as panopticapi).
+    ``segments_info`` lists (gt areas and crowd flags from the json, as panopticapi). The
+    pixels are reduced to one (gt segment x pred segment) intersection matrix with a single
+    bincount; everything after works on that small matrix.
     """
     if stats is None:
         stats = PQStats(max(categories))
@@ -171,69 +183,51 @@ def pq_compute_single_image(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_segment
     gt_area = np.array([s["area"] for s in gt_segments], dtype=np.int64)
     pred_ids = np.array([s["id"] for s in pred_segments], dtype=np.int64)
     pred_cat = np.array([s["category_id"] for s in pred_segments], dtype=np.int64)
-
-    # Prediction areas from the PNG, with panopticapi's sanity checks.
-    labels, counts = np.unique(pan_pred, return_counts=True)
-    pred_area = np.zeros(len(pred_ids), dtype=np.int64)
-    pred_order = np.argsort(pred_ids, kind="stable")
-    pos = np.searchsorted(pred_ids[pred_order], labels)
-    pos = np.minimum(pos, max(len(pred_ids) - 1, 0))
-    known = (pred_ids[pred_order][pos] == labels) if len(pred_ids) else np.zeros(len(labels), bool)
-    unknown = labels[~known & (labels != VOID)]
-    if len(unknown):
-        raise KeyError(f"In the image with ID {image_id} segment with ID {int(unknown[0])} is presented in PNG "
-                       "and not presented in JSON.")
-    pred_area[pred_order[pos[known]]] = counts[known]
-    missing = set(pred_ids.tolist()) - set(labels.tolist())
-    if missing:
-        raise KeyError(f"In the image with ID {image_id} the following segment IDs {sorted(missing)} are "
-                       "presented in JSON and not presented in PNG.")
     unknown_cat = [c for c in pred_cat.tolist() if c not in categories]
     if unknown_cat:
         raise KeyError(f"In the image with ID {image_id} a segment has unknown category_id {unknown_cat[0]}.")
 
-    # Intersections of every (gt id, pred id) pair present.
-    pairs, inter = np.unique(pan_gt.astype(np.uint64) * OFFSET + pan_pred.astype(np.uint64), return_counts=True)
-    pair_gt, pair_pred = (pairs // OFFSET).astype(np.int64), (pairs % OFFSET).astype(np.int64)
-
-    def index_of(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """Position of each value in ids (-1 if absent)."""
-        if len(ids) == 0:
-            return np.full(len(values), -1)
-        order = np.argsort(ids, kind="stable")
-        p = np.minimum(np.searchsorted(ids[order], values), len(ids) - 1)
-        return np.where(ids[order][p] == values, order[p], -1)
-
-    gi, pi = index_of(gt_ids, pair_gt), index_of(pred_ids, pair_pred)
-    void_inter = np.zeros(len(pred_ids), dtype=np.int64)
-    on_void = (pair_gt == VOID) & (pi >= 0)
-    np.add.at(void_inter, pi[on_void], inter[on_void])
+    # Dense labels: gt rows 0..G-1 = json segments, G = void, G+1 = ids absent from the json
+    # (panopticapi skips those); pred columns 0..P-1 = json segments, P = void.
+    n_gt, n_pred = len(gt_ids), len(pred_ids)
+    g, g_unknown = _dense_index(pan_gt, gt_ids)
+    g = np.where(g_unknown, np.where(pan_gt == VOID, n_gt, n_gt + 1), g)
+    p, p_unknown = _dense_index(pan_pred, pred_ids)
+    stray = p_unknown & (pan_pred != VOID)
+    if stray.any():
+        raise KeyError(f"In the image with ID {image_id} segment with ID {int(pan_pred[stray][0])} is presented "
+                       "in PNG and not presented in JSON.")
+    p = np.where(p_unknown, n_pred, p)
+    inter = np.bincount((g * (n_pred + 1) + p).ravel(), minlength=(n_gt + 2) * (n_pred + 1))
+    inter = inter.reshape(n_gt + 2, n_pred + 1)[:, :n_pred]  # [G+2, P], void predictions dropped
+    pred_area = inter.sum(0)
+    if (pred_area == 0).any():
+        missing = pred_ids[pred_area == 0].tolist()
+        raise KeyError(f"In the image with ID {image_id} the following segment IDs {missing} are "
+                       "presented in JSON and not presented in PNG.")
+    void_inter = inter[n_gt]
+    inter = inter[:n_gt]  # [G, P]
 
     # Matches: same category, gt not crowd, IoU > 0.5 (unique by construction).
-    cand = (gi >= 0) & (pi >= 0)
-    cand[cand] = (~gt_crowd[gi[cand]]) & (gt_cat[gi[cand]] == pred_cat[pi[cand]])
-    g, p, i = gi[cand], pi[cand], inter[cand]
-    union = pred_area[p] + gt_area[g] - i - void_inter[p]
-    iou = i / union
-    hit = iou > 0.5
-    np.add.at(stats.tp, gt_cat[g[hit]], 1)
-    np.add.at(stats.iou, gt_cat[g[hit]], iou[hit])
-    gt_matched = np.zeros(len(gt_ids), dtype=bool)
-    pred_matched = np.zeros(len(pred_ids), dtype=bool)
-    gt_matched[g[hit]] = True
-    pred_matched[p[hit]] = True
+    union = pred_area[None, :] + gt_area[:, None] - inter - void_inter[None, :]
+    candidate = (inter > 0) & (gt_cat[:, None] == pred_cat[None, :]) & ~gt_crowd[:, None]
+    iou = np.where(candidate, inter / np.maximum(union, 1), 0.0)
+    hit_g, hit_p = np.nonzero(candidate & (iou > 0.5))
+    np.add.at(stats.tp, gt_cat[hit_g], 1)
+    np.add.at(stats.iou, gt_cat[hit_g], iou[hit_g, hit_p])
+    gt_matched = np.zeros(n_gt, dtype=bool)
+    pred_matched = np.zeros(n_pred, dtype=bool)
+    gt_matched[hit_g] = True
+    pred_matched[hit_p] = True
 
     # False negatives: unmatched, non-crowd ground truth.
     np.add.at(stats.fn, gt_cat[~gt_matched & ~gt_crowd], 1)
 
     # False positives: unmatched predictions not mostly on void or their category's crowd region.
     # panopticapi keeps one crowd segment per category: the last one in segments_info order.
-    crowd_of_cat = {int(c): int(s) for s, c, crowd in zip(gt_ids, gt_cat, gt_crowd) if crowd}
-    crowd_inter = np.zeros(len(pred_ids), dtype=np.int64)
-    if crowd_of_cat and len(pred_ids):
-        crowd_id_for_pred = np.array([crowd_of_cat.get(int(c), -1) for c in pred_cat], dtype=np.int64)
-        on_crowd = (pi >= 0) & (pair_gt == crowd_id_for_pred[np.maximum(pi, 0)])
-        np.add.at(crowd_inter, pi[on_crowd], inter[on_crowd])
+    crowd_row = {int(c): k for k, (c, crowd) in enumerate(zip(gt_cat, gt_crowd)) if crowd}
+    crowd_inter = np.array([inter[crowd_row[int(c)], j] if int(c) in crowd_row else 0
+                            for j, c in enumerate(pred_cat)], dtype=np.int64)
     ignored = (void_inter + crowd_inter) / np.maximum(pred_area, 1) > 0.5
     np.add.at(stats.fp, pred_cat[~pred_matched & ~ignored], 1)
     return stats
