@@ -164,8 +164,9 @@ class TrainStream(torch.utils.data.Sampler):
 class MappedDataset(torch.utils.data.Dataset):
     """Loads and augments a sample from a (index, epoch, position) key with its own seeded RNG."""
 
-    def __init__(self, dataset: SegmentationDataset, mapper, seed: int, rank: int):
+    def __init__(self, dataset: SegmentationDataset, mapper, seed: int, rank: int, num_classes: int):
         self.dataset, self.mapper, self.seed, self.rank = dataset, mapper, seed, rank
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -174,6 +175,9 @@ class MappedDataset(torch.utils.data.Dataset):
         index, epoch, pos = key
         rng = np.random.default_rng([self.seed, epoch, self.rank, pos])
         sample = self.mapper(self.dataset.load(index), rng)
+        if len(sample["labels"]) and int(sample["labels"].max()) >= self.num_classes:
+            raise ValueError(f"{self.dataset.records[index]['file_name']}: class {int(sample['labels'].max())} "
+                             f"is out of range for the model's num_classes={self.num_classes}")
         sample["position"] = (epoch, pos)
         return sample
 
@@ -187,7 +191,7 @@ def build_train_loader(dataset: SegmentationDataset, cfg, seed: int, d: Dist, pe
                        num_workers: int, position: Dict) -> Iterator:
     mapper = (PanopticTrainMapper if dataset.info.task == "panoptic" else SemanticTrainMapper).from_config(cfg)
     loader = torch.utils.data.DataLoader(
-        MappedDataset(dataset, mapper, seed, d.rank),
+        MappedDataset(dataset, mapper, seed, d.rank, cfg.num_classes),
         sampler=TrainStream(dataset, seed, d, position["epoch"], position["index"]),
         batch_size=per_rank_batch, num_workers=num_workers,
         collate_fn=functools.partial(collate_train, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std),
@@ -389,9 +393,6 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     cfg = build_config(args)
     root = args.data_root if args.data_root is not None else synthetic_root(args)
     eval_set = build_dataset(args.dataset, root, args.eval_split)
-    if eval_set.info.num_classes > cfg.num_classes:
-        raise ValueError(f"{args.dataset} has {eval_set.info.num_classes} classes but the config has "
-                         f"num_classes={cfg.num_classes}")
     amp_ctx = amp_context(args.amp, device)
     log = print if d.main else (lambda *a, **k: None)
     metrics = MetricsLog(args.output, d.main)
