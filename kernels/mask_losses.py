@@ -36,6 +36,7 @@ from typing import Tuple, Union
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
 from ._settings import CompileConfig
@@ -294,6 +295,7 @@ class MaskLossesFunction(torch.autograd.Function):
         return focal, dice
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_focal, grad_dice):
         pred_masks, target_masks, totals = ctx.saved_tensors
         H, W = target_masks.shape[1:]

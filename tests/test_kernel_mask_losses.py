@@ -62,6 +62,8 @@ def _check(pred, target, num_masks=2.5, rtol=1e-5, atol=1e-7, grad_rtol=1e-5):
     (1, 3, 4, 3, 4),        # same size: the identity map
     (1, 40, 36, 160, 144),  # several source tiles and output chunks per program
     (1, 2, 2, 13, 130),     # large factors; several forward column blocks
+    (1, 50, 40, 3, 5),      # strong downsampling: most source pixels get no gradient (stored 0)
+    (1, 3, 5, 50, 83),      # non-integer large upsampling (16.7x, 16.6x)
 ])
 def test_forward_and_backward_match_float64_reference(poisoned_outputs, M, h, w, H, W):
     _check(*_problem(M, h, w, H, W))
