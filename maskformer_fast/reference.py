@@ -24,16 +24,17 @@ def group_norm_act(
     eps: float = 1e-5,
     activation: str = "relu",
 ) -> torch.Tensor:
-    """GroupNorm (statistics in fp32 whatever x's dtype) followed by an activation.
+    """GroupNorm (statistics in fp32, or fp64 for fp64 input) followed by an activation.
 
     x: [N, C, H, W] (any memory format). activation: "relu" or "none".
     """
     if activation not in ("relu", "none"):
         raise ValueError(f"group_norm_act: activation must be 'relu' or 'none', got {activation!r}")
+    stats_dtype = torch.promote_types(x.dtype, torch.float32)
     y = F.group_norm(
-        x.float(), num_groups,
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(), eps,
+        x.to(stats_dtype), num_groups,
+        None if weight is None else weight.to(stats_dtype),
+        None if bias is None else bias.to(stats_dtype), eps,
     ).to(x.dtype)
     return F.relu(y) if activation == "relu" else y
 
