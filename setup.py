@@ -11,18 +11,14 @@ from setuptools import setup, find_packages
 
 def ext_modules():
     # torch is imported here, not at module level, so that metadata-only commands work.
-    import torch
     from torch.utils.cpp_extension import CppExtension
 
     sources = ["csrc/hungarian.cpp", "csrc/bindings.cpp"]
     if not all(os.path.exists(s) for s in sources):
         return []
-    # With torch's OpenMP backend, at::parallel_for is an inline `omp parallel` loop: without
-    # -fopenmp the batch would run on one thread. libgomp resolves to the copy torch loaded.
-    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() and sys.platform != "darwin" else []
     return [CppExtension(
         "maskformer_fast._C", sources, include_dirs=[os.path.abspath("csrc")],
-        extra_compile_args=["-O3", "-std=c++17", *openmp], extra_link_args=openmp,
+        extra_compile_args=["-O3", "-std=c++17"],
     )]
 
 

@@ -1,16 +1,12 @@
 // pybind11 binding of the batched CPU assignment solver: maskformer_fast._C.linear_sum_assignment.
-// Inputs are checked before any work; the solve runs on ATen's intra-op thread pool with the
-// GIL released. Bad inputs raise ValueError in Python (TORCH_CHECK_VALUE).
+// Inputs are checked before any work; the solve runs with the GIL released on as many threads
+// as torch.get_num_threads() allows. Bad inputs raise ValueError in Python (TORCH_CHECK_VALUE).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include "hungarian.h"
 
 namespace {
-
-void aten_parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& body) {
-  at::parallel_for(0, n, /*grain_size=*/1, body);
-}
 
 // cost: contiguous float32/float64 CPU [B, N, M]; num_cols: optional contiguous int64 CPU [B].
 // Returns int64 [B, N]: the column matched to each row, or -1.
@@ -36,7 +32,7 @@ torch::Tensor linear_sum_assignment(const torch::Tensor& cost, const c10::option
     pybind11::gil_scoped_release no_gil;
     AT_DISPATCH_FLOATING_TYPES(cost.scalar_type(), "linear_sum_assignment", [&] {
       maskformer_fast::solve_lsa_batch<scalar_t>(cost.data_ptr<scalar_t>(), batch, rows, cols, num_cols_ptr,
-                                                 out.data_ptr<int64_t>(), aten_parallel_for);
+                                                 out.data_ptr<int64_t>(), at::get_num_threads());
     });
   } catch (const std::invalid_argument& e) {  // LsaError or a bad num_cols entry
     TORCH_CHECK_VALUE(false, e.what());

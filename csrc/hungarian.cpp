@@ -7,9 +7,13 @@
 #include "hungarian.h"
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <exception>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #if defined(__SSE2__)
@@ -261,35 +265,61 @@ LsaStatus solve_lsa(const T* cost, int64_t rows, int64_t cols, int64_t row_strid
   return LsaStatus::kOk;
 }
 
-ParallelFor thread_parallel_for(int num_threads) {
-  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return [num_threads](int64_t n, const std::function<void(int64_t, int64_t)>& body) {
-    const int64_t chunks = std::min<int64_t>(num_threads, n);
-    if (chunks <= 1) {
-      if (n > 0) body(0, n);
-      return;
-    }
-    std::exception_ptr error;
-    std::mutex error_mutex;
-    auto run_chunk = [&](int64_t k) {
+namespace {
+
+// State shared by the caller and its helpers; helpers that start late keep it alive.
+struct TaskQueue {
+  std::function<void(int64_t)> task;
+  int64_t size = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> finished{0};
+  std::mutex mutex;  // guards error, and pairs with all_done
+  std::condition_variable all_done;
+  std::exception_ptr error;
+
+  void drain() {
+    for (int64_t k = next.fetch_add(1); k < size; k = next.fetch_add(1)) {
       try {
-        body(n * k / chunks, n * (k + 1) / chunks);
+        task(k);
       } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
+        std::lock_guard<std::mutex> lock(mutex);
         if (!error) error = std::current_exception();
       }
-    };
-    std::vector<std::thread> workers;
-    for (int64_t k = 1; k < chunks; ++k) workers.emplace_back(run_chunk, k);
-    run_chunk(0);  // the calling thread takes the first chunk
-    for (std::thread& w : workers) w.join();
-    if (error) std::rethrow_exception(error);
-  };
+      if (finished.fetch_add(1) + 1 == size) {
+        std::lock_guard<std::mutex> lock(mutex);
+        all_done.notify_all();
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void parallel_for_each(int64_t n, int num_threads, const std::function<void(int64_t)>& task) {
+  const int64_t helpers = std::min<int64_t>(num_threads, n) - 1;
+  if (helpers <= 0) {
+    for (int64_t k = 0; k < n; ++k) task(k);
+    return;
+  }
+  auto queue = std::make_shared<TaskQueue>();
+  queue->task = task;
+  queue->size = n;
+  for (int64_t h = 0; h < helpers; ++h) {
+    try {
+      std::thread([queue] { queue->drain(); }).detach();
+    } catch (const std::system_error&) {
+      break;  // no more threads to be had: the caller and the helpers started so far cope
+    }
+  }
+  queue->drain();
+  std::unique_lock<std::mutex> lock(queue->mutex);
+  queue->all_done.wait(lock, [&] { return queue->finished.load() == n; });
+  if (queue->error) std::rethrow_exception(queue->error);
 }
 
 template <typename T>
 void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
-                     const int64_t* num_cols, int64_t* out, const ParallelFor& parallel_for) {
+                     const int64_t* num_cols, int64_t* out, int num_threads) {
   if (batch < 0 || rows < 0 || cols < 0) throw std::invalid_argument("negative problem size");
   for (int64_t b = 0; num_cols != nullptr && b < batch; ++b) {
     if (num_cols[b] < 0 || num_cols[b] > cols) {
@@ -299,12 +329,10 @@ void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
     }
   }
   std::vector<LsaStatus> status(static_cast<size_t>(batch), LsaStatus::kOk);
-  parallel_for(batch, [&](int64_t begin, int64_t end) {
-    LsaWorkspace ws;
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t valid_cols = num_cols == nullptr ? cols : num_cols[b];
-      status[b] = solve_lsa(cost + b * rows * cols, rows, valid_cols, cols, out + b * rows, ws);
-    }
+  parallel_for_each(batch, num_threads, [&](int64_t b) {
+    thread_local LsaWorkspace ws;
+    const int64_t valid_cols = num_cols == nullptr ? cols : num_cols[b];
+    status[b] = solve_lsa(cost + b * rows * cols, rows, valid_cols, cols, out + b * rows, ws);
   });
   for (int64_t b = 0; b < batch; ++b) {
     if (status[b] != LsaStatus::kOk) throw LsaError(b, status[b]);
@@ -313,9 +341,7 @@ void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
 
 template LsaStatus solve_lsa<float>(const float*, int64_t, int64_t, int64_t, int64_t*, LsaWorkspace&);
 template LsaStatus solve_lsa<double>(const double*, int64_t, int64_t, int64_t, int64_t*, LsaWorkspace&);
-template void solve_lsa_batch<float>(const float*, int64_t, int64_t, int64_t, const int64_t*, int64_t*,
-                                     const ParallelFor&);
-template void solve_lsa_batch<double>(const double*, int64_t, int64_t, int64_t, const int64_t*, int64_t*,
-                                      const ParallelFor&);
+template void solve_lsa_batch<float>(const float*, int64_t, int64_t, int64_t, const int64_t*, int64_t*, int);
+template void solve_lsa_batch<double>(const double*, int64_t, int64_t, int64_t, const int64_t*, int64_t*, int);
 
 }  // namespace maskformer_fast

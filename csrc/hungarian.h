@@ -50,18 +50,18 @@ template <typename T>
 LsaStatus solve_lsa(const T* cost, int64_t rows, int64_t cols, int64_t row_stride,
                     int64_t* col_for_row, LsaWorkspace& ws);
 
-// Runs body(begin, end) over disjoint chunks covering [0, n), possibly concurrently.
-using ParallelFor =
-    std::function<void(int64_t n, const std::function<void(int64_t begin, int64_t end)>& body)>;
-
-// A ParallelFor on std::thread (num_threads <= 0: hardware concurrency).
-ParallelFor thread_parallel_for(int num_threads);
+// Calls task(k) for every k in [0, n): on the calling thread and on up to num_threads - 1
+// helper threads, each taking the next k from a shared counter. Returns once every task ran,
+// without waiting for a helper that never got a core (on a busy machine the caller just does
+// the work itself). Rethrows the first exception a task threw.
+void parallel_for_each(int64_t n, int num_threads, const std::function<void(int64_t)>& task);
 
 // Solves problem b = cost[b, :, :num_cols[b]] (cost is contiguous [batch, rows, cols]) for
-// every b, writing out[b, :rows]. num_cols == nullptr means every problem uses all cols.
-// Throws LsaError naming the lowest failing batch index after all problems ran.
+// every b on num_threads threads, writing out[b, :rows]. num_cols == nullptr means every
+// problem uses all cols. Throws LsaError naming the lowest failing batch index after all
+// problems ran, std::invalid_argument for a num_cols entry outside [0, cols].
 template <typename T>
 void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
-                     const int64_t* num_cols, int64_t* out, const ParallelFor& parallel_for);
+                     const int64_t* num_cols, int64_t* out, int num_threads);
 
 }  // namespace maskformer_fast

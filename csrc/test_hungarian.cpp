@@ -1,6 +1,7 @@
 // Unit test of the C++ assignment core against brute-force enumeration (run by ctest).
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <random>
 #include <set>
@@ -157,7 +158,7 @@ void test_batch() {
   }
   std::vector<int64_t> out(batch * rows);
   maskformer_fast::solve_lsa_batch(cost.data(), batch, rows, cols, num_cols.data(), out.data(),
-                                   maskformer_fast::thread_parallel_for(3));
+                                   3);
   for (int b = 0; b < batch; ++b) {
     const int k = static_cast<int>(num_cols[b]);
     std::vector<double> c(rows * k);
@@ -174,7 +175,7 @@ void test_batch() {
   cost[(23 * rows + 0) * cols + 1] = std::nan("");
   try {
     maskformer_fast::solve_lsa_batch(cost.data(), batch, rows, cols, num_cols.data(), out.data(),
-                                     maskformer_fast::thread_parallel_for(2));
+                                     2);
     CHECK(false, "bad batch did not throw");
   } catch (const LsaError& e) {
     CHECK(e.batch_index() == 11 && e.status() == LsaStatus::kInvalidEntry, "error names batch %lld: %s",
@@ -183,7 +184,7 @@ void test_batch() {
   num_cols[3] = cols + 1;
   try {
     maskformer_fast::solve_lsa_batch(cost.data(), batch, rows, cols, num_cols.data(), out.data(),
-                                     maskformer_fast::thread_parallel_for(1));
+                                     1);
     CHECK(false, "num_cols out of range did not throw");
   } catch (const std::invalid_argument& e) {
     CHECK(std::string(e.what()).find("num_cols[3]") != std::string::npos, "message: %s", e.what());
