@@ -238,7 +238,8 @@ class MaskFormerCriterion(nn.Module):
             image, query = pairs[:, 1], pairs[:, 2]
             if len(pairs):
                 target = tgt.masks[tgt.offsets[image] + cols[l, image, query]]
-                loss_mask, loss_dice = ops.mask_losses(masks[image, query], target.to(masks.dtype), num_masks)
+                # bool targets: the kernel reads 1 byte per pixel and no float [M,H,W] copy is made
+                loss_mask, loss_dice = ops.mask_losses(masks[image, query], target, num_masks)
             else:
                 # Nothing to match: zero, but still a function of pred_masks, so DDP sees
                 # every parameter take part in the step.
