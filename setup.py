@@ -29,14 +29,15 @@ def cmdclass():
         """Installs without the C++ matcher when it cannot be built: maskformer_fast.matching
         then falls back to scipy and says so. MASKFORMER_FAST_REQUIRE_EXT=1 makes failure fatal."""
 
-        def build_extension(self, ext):
+        def build_extensions(self):
             try:
-                super().build_extension(ext)
-            except Exception as e:  # compiler missing or failing: any error of the toolchain
+                super().build_extensions()
+            except Exception as e:  # no compiler, or it failed: any error of the toolchain
                 if os.environ.get("MASKFORMER_FAST_REQUIRE_EXT") == "1":
                     raise
-                print(f"WARNING: building {ext.name} failed ({e}); the C++ matcher is unavailable",
-                      file=sys.stderr)
+                print(f"WARNING: building maskformer_fast._C failed ({type(e).__name__}: {e}); "
+                      "the C++ matcher is unavailable", file=sys.stderr)
+                self.extensions = []  # nothing to copy into place
 
     return {"build_ext": OptionalBuildExtension.with_options(use_ninja=True)}
 
