@@ -12,14 +12,13 @@ that only the lenient interpreter accepts (e.g. ``tl.dot`` on blocks < 16) fails
 "fp32", ...), constexpr arguments to "constexpr"; ``constexprs`` gives their values.
 Build the list without touching a GPU (it is read at import).
 """
-import os
 from typing import Any, Dict, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["CompileConfig", "compile_config", "next_power_of_2", "block_and_warps", "interpreting", "triton_type", "tl_dtype"]
+__all__ = ["CompileConfig", "compile_config", "next_power_of_2", "block_and_warps", "triton_type", "tl_dtype"]
 
 # Largest block one program keeps in registers; bigger rows are split or looped over.
 MAX_BLOCK = 16384
@@ -63,11 +62,6 @@ def block_and_warps(n: int, max_block: int = MAX_BLOCK) -> tuple:
     else:
         warps = 4
     return block, warps
-
-
-def interpreting() -> bool:
-    """True when Triton kernels run through the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",

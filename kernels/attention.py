@@ -23,9 +23,10 @@ from torch's CPU generator (``torch.manual_seed`` makes it reproducible). The co
 is 32-bit: above 2^32 score elements per call the streams wrap (still a valid dropout,
 with correlated masks).
 
-Precision: fp16 / bf16 inputs use tensor-core dots with fp32 accumulation; fp32 inputs
-use exact ("ieee") fp32 dots, not TF32, to match torch's default matmul; fp64 (for
-gradcheck through the interpreter) accumulates in fp64.
+Precision: fp16 / bf16 inputs use tensor-core dots with fp32 accumulation; fp32 inputs use
+3xTF32 dots (tensor cores, close to fp32 accuracy; plain fp32 "ieee" dots need ~2x the
+registers and shared memory); fp64 (gradcheck through the interpreter) is exact and
+accumulates in fp64.
 """
 import math
 from typing import Optional
@@ -34,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._settings import compile_config, next_power_of_2, tl_dtype, triton_type
+from ._settings import compile_config, tl_dtype, triton_type
 
 __all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "COMPILE_CONFIGS"]
 
@@ -42,15 +43,16 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634
 BLOCK_M = 64
+# fp32 inputs: 3xTF32 (tensor cores, ~fp32 accuracy); fp64 (interpreter checks): exact.
+_PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee"}
 
 
-def _block_n(head_dim: int) -> int:
-    # d = 128 keeps BLOCK_N smaller so K, V and the score tile stay in registers
-    return 64 if head_dim <= 64 else 32
-
-
-def _num_warps(head_dim: int) -> int:
-    return 4 if head_dim <= 64 else 8
+def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """BLOCK_N, warps and pipeline stages: smaller key blocks and fewer stages for d = 128 and for
+    4-byte inputs, so K, V and the score tile fit the registers and shared memory (sm_80 too)."""
+    wide = dtype.itemsize >= 4
+    return dict(BLOCK_N=32 if head_dim > 64 or wide else 64, num_warps=4 if head_dim <= 64 else 8,
+                num_stages=2 if wide else 3)
 
 
 @triton.jit
@@ -239,12 +241,14 @@ def dropout_keep_mask(seed: int, batch_heads: int, Lq: int, Lk: int, dropout_p: 
     return keep.bool()
 
 
+def _acc_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
 def _meta(q: torch.Tensor, has_mask: bool, dropout: bool) -> dict:
     d = q.shape[-1]
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return dict(HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=_block_n(d), HAS_MASK=has_mask, DROPOUT=dropout,
-                ACC=tl_dtype(acc), PRECISION="tf32" if q.dtype in (torch.float16, torch.bfloat16) else "ieee",
-                num_warps=_num_warps(d))
+    return dict(HEAD_DIM=d, BLOCK_M=BLOCK_M, HAS_MASK=has_mask, DROPOUT=dropout, ACC=tl_dtype(_acc_dtype(q)),
+                PRECISION=_PRECISION.get(q.dtype, "tf32"), **_launch_config(d, q.dtype))
 
 
 def _strides(*tensors):
@@ -263,7 +267,7 @@ class AttentionFunction(torch.autograd.Function):
         meta = _meta(q, ignore is not None, dropout_p > 0.0)
         mask_arg = q if ignore is None else ignore
         o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
-        lse = torch.empty(B * H, Lq, device=q.device, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        lse = torch.empty(B * H, Lq, device=q.device, dtype=_acc_dtype(q))
         grid = (triton.cdiv(Lq, BLOCK_M), B * H)
         _attn_fwd_kernel[grid](q, k, v, o, lse, mask_arg, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E,
                                dropout_p, seed, **meta)
@@ -359,8 +363,8 @@ def _compile_configs():
                                                "stride_vn")})
         for d in (32, 64, 128):
             meta = _meta(torch.empty(0, d, dtype=dtype, device="meta"), has_mask=True, dropout=True)
-            warps = meta.pop("num_warps")
-            configs += [compile_config(fn, types, meta, warps) for fn in kernels]
+            warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+            configs += [compile_config(fn, types, meta, warps, stages) for fn in kernels]
     configs.append(compile_config(_dropout_keep_mask_kernel, {"keep_ptr": "*i8", "Lq": "i32", "Lk": "i32",
                                                               "dropout_p": "fp32", "seed": "i32"},
                                   dict(BLOCK_M=32, BLOCK_N=32)))

@@ -10,7 +10,8 @@ num_stages)`` covering each block configuration / dtype its launcher can pick. `
 names every argument of ``fn`` with its Triton type ("*fp32", "i32", ... and "constexpr"
 for constexpr arguments, whose values are in ``constexprs``).
 
-Compilation runs in a subprocess without TRITON_INTERPRET (tests/conftest.py sets it, and
+Each config must also fit the arch's shared memory (a larger one compiles, then fails at
+launch). Compilation runs in a subprocess without TRITON_INTERPRET (tests/conftest.py sets it, and
 under it ``@triton.jit`` yields an interpreter wrapper that ``triton.compile`` rejects).
 
 Run directly for the resource table that NOTES.md records:
@@ -29,6 +30,9 @@ import pytest
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 ARCHS = (90, 80)
+# Largest shared memory one block may use (opt-in), per compute capability: a config above it
+# compiles but fails to launch with "out of resource: shared memory".
+MAX_SHARED_BYTES = {90: 232448, 80: 166912}
 
 
 def kernel_module_names():
@@ -68,8 +72,9 @@ def compile_module(name: str, archs=ARCHS) -> list:
     for cfg in configs:
         shown = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in cfg.constexprs.items()}
         for arch in archs:
-            row = {"module": name, "kernel": cfg.fn.__name__, "arch": arch, "constexprs": shown,
-                   "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            first_pointer = next((t[1:] for t in cfg.signature.values() if t.startswith("*")), "-")
+            row = {"module": name, "kernel": cfg.fn.__name__, "arch": arch, "dtype": first_pointer,
+                   "constexprs": shown, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             try:
                 src = ASTSource(fn=cfg.fn, signature=cfg.signature, constexprs=cfg.constexprs)
                 compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -98,18 +103,22 @@ def test_kernel_module_compiles_for_sm90_and_sm80(module):
     assert not errors, "\n".join(f"{r.get('kernel')} sm_{r.get('arch')} {r.get('constexprs')}: {r['error']}"
                                  for r in errors)
     assert {r["arch"] for r in results} == set(ARCHS)
+    too_big = [r for r in results if r["dynamic_shared"] + r.get("shared", 0) > MAX_SHARED_BYTES[r["arch"]]]
+    assert not too_big, "\n".join(f"{r['kernel']} sm_{r['arch']} {r['constexprs']}: "
+                                  f"{r['dynamic_shared'] + r.get('shared', 0)} B shared memory" for r in too_big)
 
 
 def _table(rows: list) -> str:
-    lines = ["| kernel | constexprs | warps | arch | regs | spill B | shared B |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | dtype | constexprs | warps | arch | regs | spill B | shared B |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('constexprs')} | | {r.get('arch')} | "
-                         f"FAILED: {r['error'][:80]} | | |")
+            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('dtype')} | {r.get('constexprs')} | | "
+                         f"{r.get('arch')} | FAILED: {r['error'][:80]} | | |")
             continue
         cx = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
-        lines.append(f"| {r['kernel']} | {cx} | {r['num_warps']} | sm_{r['arch']} | {r.get('reg')} | "
-                     f"{r.get('local')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
+        lines.append(f"| {r['kernel']} | {r['dtype']} | {cx} | {r['num_warps']} | sm_{r['arch']} | "
+                     f"{r.get('reg')} | {r.get('local')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
     return "\n".join(lines)
 
 
