@@ -16,10 +16,6 @@
 #include <system_error>
 #include <thread>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 namespace maskformer_fast {
 namespace {
 
@@ -100,53 +96,67 @@ inline void keep_min(double value, int64_t index, double& best, int64_t& best_in
 // then find the open column with the smallest label. blocked[j] is +inf for columns already
 // reached (it freezes their label: r + inf < label never holds, and hides them from the
 // minimum) and taken[j] is +inf for matched columns (it hides them from the free minimum).
-// Branch-free over the columns: scipy's per-column branches mispredict constantly.
-ScanResult scan_row(const double* __restrict ci, const double* __restrict v, const double* __restrict blocked,
-                    const double* __restrict taken, double base, int64_t i, int64_t nc,
-                    double* __restrict label, int64_t* __restrict path) {
+// Branch-free over the columns: scipy's per-column branches mispredict constantly. Every
+// value is finite or +inf (NaN and -inf are rejected up front), so the compares are exact.
+// Lanes doubles at a time with GCC/clang vector extensions (one source for every width).
+#if defined(__GNUC__)
+template <int Lanes>
+struct Simd;
+template <>
+struct Simd<2> {
+  typedef double Vec __attribute__((vector_size(16), aligned(8)));
+  typedef int64_t Mask __attribute__((vector_size(16), aligned(8)));
+};
+template <>
+struct Simd<4> {
+  typedef double Vec __attribute__((vector_size(32), aligned(8)));
+  typedef int64_t Mask __attribute__((vector_size(32), aligned(8)));
+};
+#endif
+
+template <int Lanes>
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+inline ScanResult scan_row_lanes(const double* __restrict ci, const double* __restrict v,
+                                 const double* __restrict blocked, const double* __restrict taken, double base,
+                                 int64_t i, int64_t nc, double* __restrict label, int64_t* __restrict path) {
   double lowest = kInf, lowest_free = kInf;
   int64_t column = -1, free_column = -1;
   int64_t j = 0;
-#if defined(__SSE2__)
-  // Two columns per instruction. Every value is finite or +inf (NaN and -inf are rejected up
-  // front), so min_pd and the compares are exact. Column indices ride along as doubles.
-  const __m128d base2 = _mm_set1_pd(base);
-  const __m128i row2 = _mm_set1_epi64x(i);
-  __m128d lowest2 = _mm_set1_pd(kInf), lowest_free2 = lowest2;
-  __m128d column2 = _mm_set1_pd(-1.0), free_column2 = column2;
-  __m128d index2 = _mm_set_pd(1.0, 0.0);
-  const __m128d step2 = _mm_set1_pd(2.0);
-  for (; j + 2 <= nc; j += 2) {
-    const __m128d b = _mm_loadu_pd(blocked + j);
-    const __m128d old_label = _mm_loadu_pd(label + j);
-    const __m128d r = _mm_add_pd(_mm_sub_pd(_mm_add_pd(base2, _mm_loadu_pd(ci + j)), _mm_loadu_pd(v + j)), b);
-    const __m128d better = _mm_cmplt_pd(r, old_label);
-    const __m128d new_label = _mm_or_pd(_mm_and_pd(better, r), _mm_andnot_pd(better, old_label));
-    _mm_storeu_pd(label + j, new_label);
-    const __m128i take = _mm_castpd_si128(better);
-    const __m128i old_path = _mm_loadu_si128(reinterpret_cast<const __m128i*>(path + j));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(path + j),
-                     _mm_or_si128(_mm_and_si128(take, row2), _mm_andnot_si128(take, old_path)));
+#if defined(__GNUC__)
+  using Vec = typename Simd<Lanes>::Vec;
+  using Mask = typename Simd<Lanes>::Mask;
+  // Per lane: the smallest key and free key seen and their first column (as a double).
+  Vec lowest_v = Vec{} + kInf, lowest_free_v = lowest_v;
+  Vec column_v = Vec{} - 1.0, free_column_v = column_v;
+  Vec index_v = Vec{};
+  for (int lane = 0; lane < Lanes; ++lane) index_v[lane] = lane;
+  const Mask row_v = Mask{} + i;
+  for (; j + Lanes <= nc; j += Lanes) {
+    const Vec b = *reinterpret_cast<const Vec*>(blocked + j);
+    const Vec old_label = *reinterpret_cast<const Vec*>(label + j);
+    const Vec r = base + *reinterpret_cast<const Vec*>(ci + j) - *reinterpret_cast<const Vec*>(v + j) + b;
+    const Mask better = r < old_label;
+    const Vec new_label = better ? r : old_label;
+    *reinterpret_cast<Vec*>(label + j) = new_label;
+    Mask* path_v = reinterpret_cast<Mask*>(path + j);
+    *path_v = better ? row_v : *path_v;
 
-    const __m128d key = _mm_add_pd(new_label, b);
-    const __m128d lower = _mm_cmplt_pd(key, lowest2);
-    lowest2 = _mm_min_pd(lowest2, key);
-    column2 = _mm_or_pd(_mm_and_pd(lower, index2), _mm_andnot_pd(lower, column2));
-    const __m128d free_key = _mm_add_pd(key, _mm_loadu_pd(taken + j));
-    const __m128d lower_free = _mm_cmplt_pd(free_key, lowest_free2);
-    lowest_free2 = _mm_min_pd(lowest_free2, free_key);
-    free_column2 = _mm_or_pd(_mm_and_pd(lower_free, index2), _mm_andnot_pd(lower_free, free_column2));
-    index2 = _mm_add_pd(index2, step2);
+    const Vec key = new_label + b;
+    const Mask lower = key < lowest_v;
+    lowest_v = lower ? key : lowest_v;
+    column_v = lower ? index_v : column_v;
+    const Vec free_key = key + *reinterpret_cast<const Vec*>(taken + j);
+    const Mask lower_free = free_key < lowest_free_v;
+    lowest_free_v = lower_free ? free_key : lowest_free_v;
+    free_column_v = lower_free ? index_v : free_column_v;
+    index_v += Lanes;
   }
-  double lanes[2], columns[2], lanes_free[2], free_columns[2];
-  _mm_storeu_pd(lanes, lowest2);
-  _mm_storeu_pd(columns, column2);
-  _mm_storeu_pd(lanes_free, lowest_free2);
-  _mm_storeu_pd(free_columns, free_column2);
-  for (int lane = 0; lane < 2; ++lane) {
-    if (columns[lane] >= 0) keep_min(lanes[lane], static_cast<int64_t>(columns[lane]), lowest, column);
-    if (free_columns[lane] >= 0) {
-      keep_min(lanes_free[lane], static_cast<int64_t>(free_columns[lane]), lowest_free, free_column);
+  for (int lane = 0; lane < Lanes; ++lane) {
+    if (column_v[lane] >= 0) keep_min(lowest_v[lane], static_cast<int64_t>(column_v[lane]), lowest, column);
+    if (free_column_v[lane] >= 0) {
+      keep_min(lowest_free_v[lane], static_cast<int64_t>(free_column_v[lane]), lowest_free, free_column);
     }
   }
 #endif
@@ -161,6 +171,24 @@ ScanResult scan_row(const double* __restrict ci, const double* __restrict v, con
     if (key + taken[j] < lowest_free) keep_min(key + taken[j], j, lowest_free, free_column);
   }
   return {lowest, lowest_free == lowest ? free_column : column};
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// Four lanes where the CPU has AVX2 (chosen at run time), else the SSE2 baseline's two.
+__attribute__((target("avx2"))) ScanResult scan_row_avx2(const double* ci, const double* v, const double* blocked,
+                                                         const double* taken, double base, int64_t i, int64_t nc,
+                                                         double* label, int64_t* path) {
+  return scan_row_lanes<4>(ci, v, blocked, taken, base, i, nc, label, path);
+}
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+ScanResult scan_row(const double* ci, const double* v, const double* blocked, const double* taken, double base,
+                    int64_t i, int64_t nc, double* label, int64_t* path) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (kHasAvx2) return scan_row_avx2(ci, v, blocked, taken, base, i, nc, label, path);
+#endif
+  return scan_row_lanes<2>(ci, v, blocked, taken, base, i, nc, label, path);
 }
 
 // One search from the free row cur_row (Dijkstra over reduced costs to the nearest free
