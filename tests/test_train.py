@@ -141,23 +141,23 @@ def _overfit(data_root, out, iters):
                              "--eval-split", "train", "--checkpoint-period", "100000",
                              "num_decoder_layers=2", "hidden_dim=64", "conv_dim=64", "mask_dim=64",
                              "dim_feedforward=128", "num_queries=16", "nheads=4", "frozen_bn=false",
-                             "base_lr=3e-4", "backbone_lr_multiplier=1.0", "test_short_side=64",
-                             "test_max_size=256", "min_scale=1.0", "max_scale=1.0"),
-                   check=True, env=env(), capture_output=True, timeout=900)
+                             "base_lr=1e-3", "backbone_lr_multiplier=1.0", "test_short_side=64",
+                             "test_max_size=256", "min_scale=1.0", "max_scale=1.0", "num_classes=24"),
+                   check=True, env=env(), capture_output=True, timeout=1800)
     losses = [r["loss"] for r in records(out)]
     return losses, records(out, "mIoU")[-1]["mIoU"]
 
 
 def test_overfit_short(tmp_path):
     make_synthetic("ade20k", str(tmp_path / "d"), num_images=2, size=64, seed=0)
-    losses, _ = _overfit(tmp_path / "d", tmp_path / "o", 30)
+    losses, _ = _overfit(tmp_path / "d", tmp_path / "o", 40)
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.5 * first, (first, last)
 
 
 @pytest.mark.slow
 def test_overfit_tiny_dataset_reaches_high_miou(tmp_path):
     make_synthetic("ade20k", str(tmp_path / "d"), num_images=4, size=64, seed=0)
-    losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 300)
+    losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 800)  # ~6 min on 2 idle cores
     assert sum(losses[-10:]) / 10 < 0.25 * sum(losses[:10]) / 10
     assert miou > 90.0
