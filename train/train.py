@@ -81,7 +81,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint if present")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--weights", default=None, help="model weights for --eval-only (checkpoint or state dict)")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data loader processes (default: 4 on CUDA, 0 on CPU where they compete with training)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -439,7 +440,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
-    data = build_train_loader(train_set, cfg, args.seed, d, cfg.batch_size // d.world, args.num_workers, position)
+    num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
+    data = build_train_loader(train_set, cfg, args.seed, d, cfg.batch_size // d.world, num_workers, position)
 
     def checkpoint(iteration: int, data_position: Dict) -> None:
         states = [rng_state()]
