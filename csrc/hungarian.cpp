@@ -356,6 +356,10 @@ void solve_lsa_batch(const T* cost, int64_t batch, int64_t rows, int64_t cols,
                                   std::to_string(cols) + "]");
     }
   }
+  // A helper thread costs tens of microseconds to start: only worth it with enough work.
+  constexpr int64_t kEntriesPerThread = 1 << 16;
+  const int64_t useful_threads = 1 + batch * rows * cols / kEntriesPerThread;
+  num_threads = static_cast<int>(std::min<int64_t>(num_threads, useful_threads));
   std::vector<LsaStatus> status(static_cast<size_t>(batch), LsaStatus::kOk);
   parallel_for_each(batch, num_threads, [&](int64_t b) {
     thread_local LsaWorkspace ws;

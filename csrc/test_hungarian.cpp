@@ -191,6 +191,24 @@ void test_batch() {
   }
 }
 
+void test_batch_threads_match_sequential() {
+  // Big enough that solve_lsa_batch starts its helper threads; each problem's answer must be
+  // the one a sequential solve gives (the solver is deterministic).
+  const int batch = 300, rows = 40, cols = 30;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> small_int(0, 9);
+  std::vector<float> cost(batch * rows * cols);
+  for (float& x : cost) x = static_cast<float>(small_int(rng));
+  std::vector<int64_t> num_cols(batch), out(batch * rows), expected(batch * rows);
+  for (int b = 0; b < batch; ++b) num_cols[b] = b % (cols + 1);
+  maskformer_fast::solve_lsa_batch(cost.data(), batch, rows, cols, num_cols.data(), out.data(), 4);
+  LsaWorkspace ws;
+  for (int b = 0; b < batch; ++b) {
+    maskformer_fast::solve_lsa(cost.data() + b * rows * cols, rows, num_cols[b], cols, expected.data() + b * rows, ws);
+  }
+  CHECK(out == expected, "threaded batch differs from sequential solves");
+}
+
 }  // namespace
 
 int main() {
@@ -199,6 +217,7 @@ int main() {
   test_float32_and_strided();
   test_empty_and_invalid();
   test_batch();
+  test_batch_threads_match_sequential();
   if (g_failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
     return 1;
