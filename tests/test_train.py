@@ -67,6 +67,27 @@ def test_solver_groups_and_schedule():
     assert lr_factor(70, 100, "multistep", lr_steps=(60, 80)) == pytest.approx(0.1)
 
 
+def test_data_stream_resumes_and_ignores_workers(data):
+    from train.datasets import build_dataset
+    from train.train import Dist, TrainStream, build_train_loader
+    import maskformer_fast as mf
+    ds = build_dataset("ade20k", str(data), "train")
+    stream = TrainStream(ds, seed=1, d=Dist())
+    keys = [k for _, k in zip(range(10), stream)]
+    assert sorted(k[0] for k in keys[:4]) == [0, 1, 2, 3] and keys[4][1:] == (1, 0)  # epoch 1 starts
+    assert [k for _, k in zip(range(4), TrainStream(ds, seed=1, d=Dist(), epoch=1, position=1))] == keys[5:9]
+    ranks = [[k[0] for _, k in zip(range(2), TrainStream(ds, 1, Dist(rank=r, world=2)))] for r in (0, 1)]
+    assert sorted(ranks[0] + ranks[1]) == [0, 1, 2, 3]  # DistributedSampler shards each epoch
+    cfg = mf.get_config("maskformer_r50_ade20k", crop_size=(32, 32))
+    start = {"epoch": 0, "index": 2}
+    plain = build_train_loader(ds, cfg, 1, Dist(), 2, 0, start)
+    workers = build_train_loader(ds, cfg, 1, Dist(), 2, 2, start)
+    for _ in range(3):
+        (a, ta, pa), (b, tb, pb) = next(plain), next(workers)
+        assert torch.equal(a, b) and pa == pb
+        assert all(torch.equal(x["masks"], y["masks"]) for x, y in zip(ta, tb))
+
+
 def test_checkpoint_manager_keeps_last_n(tmp_path):
     mgr = CheckpointManager(str(tmp_path), keep=2)
     for it in (1, 2, 3):
