@@ -144,7 +144,6 @@ def test_eval_only_and_errors(data, tmp_path):
     assert wrong.returncode != 0 and "nowhere_else" in wrong.stderr
 
 
-@pytest.mark.slow
 def test_torchrun_two_ranks_stay_identical(data, tmp_path):
     out = tmp_path / "ddp"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
