@@ -42,17 +42,27 @@ __all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "COMPILE_C
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634
-BLOCK_M = 64
 # fp32 inputs: 3xTF32 (tensor cores, ~fp32 accuracy); fp64 (interpreter checks): exact.
 _PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee"}
 
 
-def _launch_config(head_dim: int, dtype: torch.dtype) -> dict:
-    """BLOCK_N, warps and pipeline stages: smaller key blocks and fewer stages for d = 128 and for
-    4-byte inputs, so K, V and the score tile fit the registers and shared memory (sm_80 too)."""
-    wide = dtype.itemsize >= 4
-    return dict(BLOCK_N=32 if head_dim > 64 or wide else 64, num_warps=4 if head_dim <= 64 else 8,
-                num_stages=2 if wide else 3)
+def _launch_config(head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
+    """BLOCK_M, BLOCK_N, warps and pipeline stages per head dim, dtype and pass.
+
+    Chosen so that no configuration spills registers on sm_90 for 2-byte inputs (ptxas
+    STACK = 0; see NOTES.md): the backward, which holds two accumulators, gets more warps at
+    d = 64 and smaller blocks at d = 128. 4-byte inputs (3xTF32 dots) take narrow key blocks
+    and 2 stages to fit shared memory on sm_80; they still spill at d >= 64.
+    """
+    if dtype.itemsize >= 4:
+        return dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=2)
+    if head_dim <= 32:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    if head_dim <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8 if backward else 4, num_stages=3)
+    if backward:
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3)
 
 
 @triton.jit
@@ -245,10 +255,11 @@ def _acc_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _meta(q: torch.Tensor, has_mask: bool, dropout: bool) -> dict:
+def _meta(q: torch.Tensor, has_mask: bool, dropout: bool, backward: bool) -> dict:
+    """Constexprs and launch options of the forward (or both backward) kernels for q's shape and dtype."""
     d = q.shape[-1]
-    return dict(HEAD_DIM=d, BLOCK_M=BLOCK_M, HAS_MASK=has_mask, DROPOUT=dropout, ACC=tl_dtype(_acc_dtype(q)),
-                PRECISION=_PRECISION.get(q.dtype, "tf32"), **_launch_config(d, q.dtype))
+    return dict(HEAD_DIM=d, HAS_MASK=has_mask, DROPOUT=dropout, ACC=tl_dtype(_acc_dtype(q)),
+                PRECISION=_PRECISION.get(q.dtype, "tf32"), **_launch_config(d, q.dtype, backward))
 
 
 def _strides(*tensors):
@@ -264,15 +275,15 @@ class AttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, ignore, scale, dropout_p, seed):
         B, H, Lq, d = q.shape
         Lk = k.shape[2]
-        meta = _meta(q, ignore is not None, dropout_p > 0.0)
+        meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=False)
         mask_arg = q if ignore is None else ignore
         o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
         lse = torch.empty(B * H, Lq, device=q.device, dtype=_acc_dtype(q))
-        grid = (triton.cdiv(Lq, BLOCK_M), B * H)
+        grid = (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)
         _attn_fwd_kernel[grid](q, k, v, o, lse, mask_arg, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E,
                                dropout_p, seed, **meta)
         ctx.save_for_backward(q, k, v, o, lse, ignore)
-        ctx.scale, ctx.dropout_p, ctx.seed, ctx.meta = scale, dropout_p, seed, meta
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         return o
 
     @staticmethod
@@ -287,7 +298,7 @@ class AttentionFunction(torch.autograd.Function):
         dv = torch.empty_like(dk)
         delta = torch.empty_like(lse)
         args = (*_strides(q, k, v), H, Lq, Lk, ctx.scale * LOG2E, ctx.scale, ctx.dropout_p, ctx.seed)
-        meta = ctx.meta
+        meta = _meta(q, ignore is not None, ctx.dropout_p > 0.0, backward=True)
         _attn_bwd_dq_kernel[(triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](
             q, k, v, o, do, dq, lse, delta, mask_arg, *args, **meta)
         _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](
@@ -362,9 +373,11 @@ def _compile_configs():
                                                "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                                                "stride_vn")})
         for d in (32, 64, 128):
-            meta = _meta(torch.empty(0, d, dtype=dtype, device="meta"), has_mask=True, dropout=True)
-            warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-            configs += [compile_config(fn, types, meta, warps, stages) for fn in kernels]
+            q = torch.empty(0, d, dtype=dtype, device="meta")
+            for fns, backward in ((kernels[:1], False), (kernels[1:], True)):
+                meta = _meta(q, has_mask=True, dropout=True, backward=backward)
+                warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
+                configs += [compile_config(fn, types, meta, warps, stages) for fn in fns]
     configs.append(compile_config(_dropout_keep_mask_kernel, {"keep_ptr": "*i8", "Lq": "i32", "Lk": "i32",
                                                               "dropout_p": "fp32", "seed": "i32"},
                                   dict(BLOCK_M=32, BLOCK_N=32)))

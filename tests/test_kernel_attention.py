@@ -58,13 +58,22 @@ def _check(q, k, v, ignore=None, scale=None, rtol=1e-10, atol=1e-10):
         assert_close_verbose(got, ref, rtol=rtol, atol=atol, name=name)
 
 
+@pytest.fixture(params=["wide", "half"])
+def launch_config(request, monkeypatch):
+    """Run float64 through either block table: "half" is what fp16 / bf16 get on the GPU."""
+    if request.param == "half":
+        table = attn._launch_config
+        monkeypatch.setattr(attn, "_launch_config", lambda d, dtype, backward: table(d, torch.bfloat16, backward))
+    return request.param
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_matches_reference(shape):
+def test_matches_reference(launch_config, shape):
     _check(*_inputs(*shape))
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 5, 7, 32), (2, 3, 100, 37, 32), (3, 1, 20, 130, 64)], ids=str)
-def test_key_padding_mask_matches_reference(shape):
+def test_key_padding_mask_matches_reference(launch_config, shape):
     B, Lk = shape[0], shape[3]
     _check(*_inputs(*shape), ignore=_padding_mask(B, Lk))
 
@@ -120,7 +129,7 @@ def _dropout_reference(q, k, v, keep, p, ignore=None):
     return weights @ v
 
 
-def test_dropout_matches_reference_with_the_same_mask():
+def test_dropout_matches_reference_with_the_same_mask(launch_config):
     p = 0.3
     q, k, v = _inputs(2, 2, 70, 37, 32)
     ignore = _padding_mask(2, 37)

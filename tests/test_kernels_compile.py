@@ -16,7 +16,7 @@ under it ``@triton.jit`` yields an interpreter wrapper that ``triton.compile`` r
 
 Run directly for the resource table that NOTES.md records:
     .venv/bin/python tests/test_kernels_compile.py [module ...]
-prints registers, spilled bytes and shared memory per kernel and config (``--json`` for JSON).
+prints registers, stack bytes (register spills) and shared memory per kernel and config (``--json`` for JSON).
 """
 import importlib
 import json
@@ -53,7 +53,7 @@ def _resource_usage(cubin: bytes) -> dict:
         if "REG:" in line:
             for field in line.split():
                 key, _, value = field.partition(":")
-                if key in ("REG", "LOCAL", "SHARED"):
+                if key in ("REG", "STACK", "LOCAL", "SHARED"):
                     usage[key.lower()] = int(value)
     return usage
 
@@ -109,7 +109,7 @@ def test_kernel_module_compiles_for_sm90_and_sm80(module):
 
 
 def _table(rows: list) -> str:
-    lines = ["| kernel | dtype | constexprs | warps | arch | regs | spill B | shared B |",
+    lines = ["| kernel | dtype | constexprs | warps | arch | regs | stack B | shared B |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -118,7 +118,7 @@ def _table(rows: list) -> str:
             continue
         cx = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
         lines.append(f"| {r['kernel']} | {r['dtype']} | {cx} | {r['num_warps']} | sm_{r['arch']} | "
-                     f"{r.get('reg')} | {r.get('local')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
+                     f"{r.get('reg')} | {r.get('stack')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
     return "\n".join(lines)
 
 
