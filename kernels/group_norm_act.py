@@ -47,6 +47,15 @@ MAX_CHANNELS_PER_GROUP = 4096
 
 
 @triton.jit
+def _apply_program(ONE_PASS: tl.constexpr):
+    """(row, chunk) of a phase-2 program. In two-phase mode the grid is walked in reverse of
+    phase 1, so the chunks phase 1 read last -- still in L2 -- are the first ones re-read."""
+    if ONE_PASS:
+        return tl.program_id(0), tl.program_id(1)
+    return tl.num_programs(0) - 1 - tl.program_id(0), tl.num_programs(1) - 1 - tl.program_id(1)
+
+
+@triton.jit
 def _group_tile(x_ptr, n, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
                 CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr):
     """Offsets [CPG_BLOCK, BLOCK_P] and validity mask of one chunk of group (n, g)."""
@@ -81,8 +90,7 @@ def _gn_fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_part_ptr, m2_part_ptr,
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
                          ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """Normalise + affine + activation of one chunk; ONE_PASS: the chunk is the whole group."""
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
+    row, chunk = _apply_program(ONE_PASS)
     g = row % G
     offsets, mask = _group_tile(x_ptr, row // G, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
                                 CPG_BLOCK, BLOCK_P)
@@ -162,8 +170,7 @@ def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
                          ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """dx of one chunk; ONE_PASS: the chunk is the whole group and its partials are stored here."""
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
+    row, chunk = _apply_program(ONE_PASS)
     xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
                                                     HW, CPG, G, stride_n, stride_c, stride_p,
                                                     CPG_BLOCK, BLOCK_P, RELU, ACC)
