@@ -135,7 +135,9 @@ def test_eval_only_and_errors(data, tmp_path):
                    check=True, env=env(), capture_output=True, timeout=300)
     trained = records(out, "mIoU")[-1]
     ckpt = CheckpointManager(str(out)).latest()
-    result = subprocess.run(train_cmd(data, tmp_path / "eval", "--eval-only", "--weights", ckpt, *TINY),
+    # the eager run's checkpoint loads into the fast engine (same state-dict keys)
+    result = subprocess.run(train_cmd(data, tmp_path / "eval", "--eval-only", "--weights", ckpt, "--engine", "fast",
+                                      *TINY),
                             env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert records(tmp_path / "eval", "mIoU")[-1]["mIoU"] == trained["mIoU"]
