@@ -43,7 +43,7 @@ class SyntheticClasses:
 # COCO panoptic category ids: person, car, dog | sky-other-merged, grass-merged, wall-other-merged.
 CLASSES = {
     "ade20k": SyntheticClasses(stuff=(1, 3, 4, 5), things=(13, 21, 20), void=0),
-    "coco_stuff": SyntheticClasses(stuff=(105, 123, 156), things=(0, 2, 16), void=255),
+    "coco_stuff": SyntheticClasses(stuff=(112, 145, 161), things=(0, 2, 16), void=255),
     "cityscapes": SyntheticClasses(stuff=(0, 2, 10), things=(11, 13, 18), void=255),
     "coco_panoptic": SyntheticClasses(stuff=(187, 193, 199), things=(1, 3, 18), void=0),
 }
