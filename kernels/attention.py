@@ -313,8 +313,8 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p):
     B, H, Lq, d = q.shape
     if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != d:
         raise ValueError(f"attention: k and v must be [{B}, {H}, Lk, {d}], got {tuple(k.shape)}, {tuple(v.shape)}")
-    if Lq == 0 or k.shape[2] == 0:
-        raise ValueError(f"attention: empty query or key sequence (Lq={Lq}, Lk={k.shape[2]})")
+    if q.numel() == 0 or k.numel() == 0:
+        raise ValueError(f"attention: empty input, q {tuple(q.shape)}, k {tuple(k.shape)}")
     if d not in HEAD_DIMS:
         raise ValueError(f"attention: head dim {d} not supported (one of {HEAD_DIMS})")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
@@ -324,6 +324,9 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p):
                                          or tuple(key_padding_mask.shape) != (B, k.shape[2])):
         raise ValueError(f"attention: key_padding_mask must be bool [{B}, {k.shape[2]}], got "
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+    devices = {t.device for t in (q, k, v, key_padding_mask) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"attention: inputs on several devices {sorted(map(str, devices))}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
 

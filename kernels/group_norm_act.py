@@ -226,6 +226,8 @@ def _check_inputs(x, num_groups, weight, bias, eps, activation):
         raise ValueError(f"group_norm_act: x must be [N, C, H, W], got shape {tuple(x.shape)}")
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"group_norm_act: x dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"group_norm_act: x is empty, shape {tuple(x.shape)}")
     C = x.shape[1]
     if num_groups <= 0 or C % num_groups:
         raise ValueError(f"group_norm_act: {C} channels are not divisible into {num_groups} groups")
@@ -340,7 +342,7 @@ def group_norm_act(
 
 def supports(x, weight=None, bias=None, activation="relu", **_) -> bool:
     """Whether the kernel handles this call (else ops falls back to the reference)."""
-    return x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and activation in ACTIVATIONS
+    return x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and activation in ACTIVATIONS and x.numel() > 0
 
 
 def _compile_configs():

@@ -162,6 +162,8 @@ def test_dropout_keep_mask_rate_and_seed():
     (dict(q=torch.randn(1, 2, 3, 32).half()), "dtype"),
     (dict(dropout_p=1.0), "dropout_p"),
     (dict(q=torch.randn(2, 3, 32)), r"\[B, h, L, d\]"),
+    (dict(k=torch.randn(1, 2, 0, 32), v=torch.randn(1, 2, 0, 32)), "empty"),
+    (dict(key_padding_mask=torch.zeros(1, 4, dtype=torch.bool, device="meta")), "devices"),
 ])
 def test_bad_input_raises(kwargs, match):
     args = dict(q=torch.randn(1, 2, 3, 32), k=torch.randn(1, 2, 4, 32), v=torch.randn(1, 2, 4, 32))

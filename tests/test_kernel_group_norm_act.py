@@ -141,6 +141,8 @@ def test_fp32_weight_with_half_input_keeps_dtypes():
     (dict(weight=torch.ones(5)), "weight"),
     (dict(x=torch.ones(2, 8, 3)), r"\[N, C, H, W\]"),
     (dict(x=torch.ones(1, 8, 2, 2, dtype=torch.int32)), "dtype"),
+    (dict(x=torch.ones(0, 8, 2, 2)), "empty"),
+    (dict(bias=torch.zeros(8, device="meta")), "bias"),
 ])
 def test_bad_input_raises(kwargs, match):
     args = dict(x=torch.randn(1, 8, 2, 2), num_groups=4, weight=None, bias=None, activation="relu")
