@@ -11,6 +11,7 @@ Backends, all exact (the same minimum total cost as scipy):
   on CPU tensors when TRITON_INTERPRET=1, for tests).
 - "auto": "gpu" for CUDA tensors, else "cpu" when built, else "scipy" (with a warning once).
 """
+import os
 import warnings
 from typing import Optional
 
@@ -65,14 +66,17 @@ def _scipy(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _triton_interpreting() -> bool:
+    """Triton kernels run on CPU tensors through the interpreter (tests on GPU-less machines)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available_backends() -> tuple:
     """The backends usable in this process ("gpu" needs CUDA or the Triton interpreter)."""
-    import os
-
     usable = ["scipy"]
     if _C is not None:
         usable.append("cpu")
-    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+    if torch.cuda.is_available() or _triton_interpreting():
         usable.append("gpu")
     return tuple(usable)
 
@@ -104,10 +108,9 @@ def _cpu(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
 
 
 def _gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
-    from .kernels._settings import interpreting
     from .kernels.hungarian import linear_sum_assignment_gpu
 
-    if cost.device.type != "cuda" and not interpreting():
+    if cost.device.type != "cuda" and not _triton_interpreting():
         raise ValueError(f"the gpu matching backend needs a CUDA tensor, got one on {cost.device}")
     return linear_sum_assignment_gpu(cost.detach(), num_cols)
 
