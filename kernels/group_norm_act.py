@@ -210,13 +210,19 @@ class _Schedule:
         _, self.num_warps = block_and_warps(self.cpg_block * self.block_p)
 
 
-def _strides(x: torch.Tensor):
-    """(x, stride_n, stride_c, stride_pixel) with x contiguous or channels_last."""
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _layout(x: torch.Tensor, num_groups: int):
+    """(x contiguous or channels_last, (stride_n, stride_c, stride_pixel), schedule, accumulator dtype)."""
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
+    N, C, H, W = x.shape
     sn, sc, sh, sw = x.stride()
-    # H*W pixels walk with one stride in both layouts (sh = W * sw), also when H or W is 1.
-    return x, sn, sc, sw
+    # the H*W pixels walk with one stride in both layouts (sh = W * sw); with W = 1, sw is arbitrary
+    strides = (sn, sc, sw if W > 1 else sh)
+    return x, strides, _Schedule(C // num_groups, H * W), _acc_dtype(x)
 
 
 def _check_inputs(x, num_groups, weight, bias, eps, activation):
@@ -242,17 +248,10 @@ def _check_inputs(x, num_groups, weight, bias, eps, activation):
         raise ValueError(f"group_norm_act: eps must be > 0, got {eps}")
 
 
-def _acc_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _forward(x, num_groups, weight, bias, eps, relu):
-    x, sn, sc, sp = _strides(x)
+    x, (sn, sc, sp), s, acc = _layout(x, num_groups)
     N, C, H, W = x.shape
-    HW, G = H * W, num_groups
-    cpg = C // G
-    s = _Schedule(cpg, HW)
-    acc = _acc_dtype(x)
+    HW, G, cpg = H * W, num_groups, C // num_groups
     y = torch.empty_like(x)
     assert y.stride() == x.stride()
     mean = torch.empty(N * G, device=x.device, dtype=acc)
@@ -274,12 +273,9 @@ def _forward(x, num_groups, weight, bias, eps, relu):
 
 
 def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu):
-    x, sn, sc, sp = _strides(x)
+    x, (sn, sc, sp), s, acc = _layout(x, num_groups)
     N, C, H, W = x.shape
-    HW, G = H * W, num_groups
-    cpg = C // G
-    s = _Schedule(cpg, HW)
-    acc = _acc_dtype(x)
+    HW, G, cpg = H * W, num_groups, C // num_groups
     # dy in x's layout so one set of strides serves x, dy and dx
     dy = torch.empty_like(x).copy_(dy) if dy.stride() != x.stride() else dy
     dx = torch.empty_like(x)

@@ -94,6 +94,18 @@ def test_channels_last_one_pass(shape):
     _check_forward_backward(shape, "relu", channels_last=True)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_width_one_with_arbitrary_width_stride(channels_last):
+    # torch ignores the stride of a size-1 dim when judging contiguity: the kernel must too
+    N, C, H = 2, 8, 5
+    x, G, w, b = _inputs((N, C, H, 1, 4))
+    strides = (H * C, 1, C, 3) if channels_last else (C * H, H, 1, 7)
+    x = torch.empty(N * C * H * 7, dtype=x.dtype).as_strided((N, C, H, 1), strides).copy_(x)
+    assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close_verbose(gn.group_norm_act(x, G, w, b), group_norm_act64(x, G, w, b), rtol=1e-10, atol=1e-10,
+                         name="y")
+
+
 def test_without_affine():
     _check_forward_backward((2, 8, 3, 5, 4), "relu", affine=False)
 
