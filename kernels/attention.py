@@ -271,6 +271,12 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionFunction(torch.autograd.Function):
+    """o = dropout(softmax(q k^T * scale, keys ignored where ignore != 0)) v.
+
+    q: [B, h, Lq, d], k, v: [B, h, Lk, d] (unit last stride), ignore: uint8 [B, Lk] or None,
+    seed: the Philox seed of the dropout mask. Saves q, k, v, o and the logsumexp [B*h, Lq].
+    """
+
     @staticmethod
     def forward(ctx, q, k, v, ignore, scale, dropout_p, seed):
         B, H, Lq, d = q.shape
