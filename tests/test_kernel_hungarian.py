@@ -40,6 +40,9 @@ def test_gpu_backend_training_shape():
 def test_gpu_backend_forbidden_pairs_and_errors():
     cost = torch.tensor([[4.0, INF, 3.0], [2.0, 0.0, 5.0], [3.5, 2.0, 2.0]], device=DEVICE)
     assert matching.linear_sum_assignment(cost, backend="gpu").tolist() == [0, 1, 2]
+    cost[:, 2] = INF  # a square problem with a column no row may take
+    with pytest.raises(ValueError, match="cost matrix 0 is infeasible"):
+        matching.linear_sum_assignment(cost, backend="gpu")
     tall = torch.tensor([[INF, INF], [1.0, 2.0], [2.0, 3.0]], device=DEVICE)
     assert matching.linear_sum_assignment(tall, backend="gpu").tolist() == [-1, 0, 1]
     tall[:, 1] = INF

@@ -99,6 +99,8 @@ def test_hand_computed_and_forbidden(backend):
     # +inf forbids row 0 -> column 1: the optimum becomes 4 + 0 + 2 = 6 (next best 3 + 0 + 3.5).
     cost[0, 1] = INF
     assert matching.linear_sum_assignment(cost, backend=backend).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="infeasible"):  # square, and column 2 has no allowed row
+        matching.linear_sum_assignment(cost.index_fill(1, torch.tensor([2]), INF), backend=backend)
     # 3 rows, 2 columns: a row with only forbidden pairs is the one left unmatched.
     tall = torch.tensor([[INF, INF], [1.0, 2.0], [2.0, 3.0]])
     assert matching.linear_sum_assignment(tall, backend=backend).tolist() == [-1, 0, 1]
