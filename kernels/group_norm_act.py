@@ -342,7 +342,8 @@ def supports(x, weight=None, bias=None, activation="relu", **_) -> bool:
 
 
 def _compile_configs():
-    """The launcher's configurations at the model's shapes: 256 channels in 32 groups (8 per group)."""
+    """The launcher's configurations at the model's shapes: 256 channels in 32 groups (8 per group),
+    one-pass (16^2, 32^2) and two-phase (128^2), ReLU (and, in fp32, "none" for the lateral convs)."""
     configs = []
     for dtype in (torch.float32, torch.bfloat16):
         t = triton_type(dtype)
@@ -354,10 +355,12 @@ def _compile_configs():
         for hw in (16 * 16, 32 * 32, 128 * 128):
             s = _Schedule(8, hw)
             blocks = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, ACC=tl.float32)
-            apply = dict(CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=True, **blocks)
-            kernels = [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, apply)]
-            if not s.one_pass:
-                kernels += [(_gn_fwd_stats_kernel, blocks), (_gn_bwd_stats_kernel, dict(RELU=True, **blocks))]
+            kernels = [(_gn_fwd_stats_kernel, blocks)] if not s.one_pass else []
+            for relu in (True, False) if dtype == torch.float32 else (True,):
+                apply = dict(CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=relu, **blocks)
+                kernels += [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, apply)]
+                if not s.one_pass:
+                    kernels.append((_gn_bwd_stats_kernel, dict(RELU=relu, **blocks)))
             configs += [compile_config(fn, types, cx, s.num_warps) for fn, cx in kernels]
     return configs
 
