@@ -11,14 +11,17 @@ from setuptools import setup, find_packages
 
 def ext_modules():
     # torch is imported here, not at module level, so that metadata-only commands work.
+    import torch
     from torch.utils.cpp_extension import CppExtension
 
     sources = ["csrc/hungarian.cpp", "csrc/bindings.cpp"]
     if not all(os.path.exists(s) for s in sources):
         return []
+    # rpath to torch's libraries: `import maskformer_fast._C` then works before `import torch`.
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     return [CppExtension(
         "maskformer_fast._C", sources, include_dirs=[os.path.abspath("csrc")],
-        extra_compile_args=["-O3", "-std=c++17"],
+        extra_compile_args=["-O3", "-std=c++17"], extra_link_args=[f"-Wl,-rpath,{torch_lib}"],
     )]
 
 
