@@ -20,8 +20,9 @@ Backward (y = act(xhat * w + b), xhat = (x - mean) * rstd, per group of M elemen
   dweight_c = sum dz * xhat, and with dxhat = dz * w_c:
   dx = rstd * (dxhat - (sum dxhat + xhat * sum dxhat * xhat) / M).
 The group sums follow from the per-channel ones (sum dxhat = sum_c w_c dbias_c, ...), so
-phase 1 only stores per-(n, c, chunk) partials of dbias and dweight; phase 2 (or the one
-pass) reduces them and writes dx. dweight / dbias are the partials summed over n and chunks.
+phase 1 only stores per-(n, c, chunk) partials of dbias and dweight; torch sums them over
+chunks (a small [N*C, chunks] tensor) and phase 2 (or the one pass, which computes the sums
+itself) writes dx. dweight / dbias are those per-(n, c) sums summed over n.
 
 Layouts: x contiguous (NCHW) or channels_last, read through its strides (Triton specialises
 the unit stride, so either layout gets contiguous vector loads); y keeps x's layout.
@@ -165,11 +166,12 @@ def _gn_bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_par
 
 
 @triton.jit(do_not_specialize=["HW", "CPG"])  # CPG * HW stays a runtime integer
-def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_part_ptr, db_part_ptr,
-                         C, HW, CPG, G, num_chunks, stride_n, stride_c, stride_p,
-                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
+def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_sum_ptr, db_sum_ptr,
+                         C, HW, CPG, G, stride_n, stride_c, stride_p,
+                         CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,
                          ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
-    """dx of one chunk; ONE_PASS: the chunk is the whole group and its partials are stored here."""
+    """dx of one chunk, given the per-(n, c) sums of dz and dz * xhat; ONE_PASS: the chunk is
+    the whole group and those sums are computed and stored here."""
     row, chunk = _apply_program(ONE_PASS)
     xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
                                                     HW, CPG, G, stride_n, stride_c, stride_p,
@@ -179,14 +181,11 @@ def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr
     if ONE_PASS:
         db_c = tl.sum(dz, axis=1)
         dw_c = tl.sum(dz * xhat, axis=1)
-        tl.store(db_part_ptr + channel, db_c, mask=c < CPG)
-        tl.store(dw_part_ptr + channel, dw_c, mask=c < CPG)
+        tl.store(db_sum_ptr + channel, db_c, mask=c < CPG)
+        tl.store(dw_sum_ptr + channel, dw_c, mask=c < CPG)
     else:
-        k = tl.arange(0, CHUNKS_BLOCK)
-        part = channel[:, None] * num_chunks + k[None, :]
-        part_mask = (c < CPG)[:, None] & (k < num_chunks)[None, :]
-        db_c = tl.sum(tl.load(db_part_ptr + part, mask=part_mask, other=0.0), axis=1)
-        dw_c = tl.sum(tl.load(dw_part_ptr + part, mask=part_mask, other=0.0), axis=1)
+        db_c = tl.load(db_sum_ptr + channel, mask=c < CPG, other=0.0)
+        dw_c = tl.load(dw_sum_ptr + channel, mask=c < CPG, other=0.0)
     sum_dxhat = tl.sum(w * db_c, axis=0)
     sum_dxhat_xhat = tl.sum(w * dw_c, axis=0)
     inv_count = 1.0 / (CPG * HW).to(ACC)
@@ -279,17 +278,21 @@ def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu):
     # dy in x's layout so one set of strides serves x, dy and dx
     dy = torch.empty_like(x).copy_(dy) if dy.stride() != x.stride() else dy
     dx = torch.empty_like(x)
-    dw_part = torch.empty(N * C, s.num_chunks, device=x.device, dtype=acc)
-    db_part = torch.empty_like(dw_part)
     grid = (N * G, s.num_chunks)
     meta = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, RELU=relu, ACC=tl_dtype(acc), num_warps=s.num_warps)
-    if not s.one_pass:
+    if s.one_pass:  # the apply kernel stores the per-(n, c) sums
+        dw_sum = torch.empty(N * C, device=x.device, dtype=acc)
+        db_sum = torch.empty_like(dw_sum)
+    else:  # per-(n, c, chunk) partials, summed over chunks here (N*C*chunks values: small)
+        dw_part = torch.empty(N * C, s.num_chunks, device=x.device, dtype=acc)
+        db_part = torch.empty_like(dw_part)
         _gn_bwd_stats_kernel[grid](x, dy, weight, bias, mean, rstd, dw_part, db_part, C, HW, cpg, G, s.num_chunks,
                                    sn, sc, sp, **meta)
-    _gn_bwd_apply_kernel[grid](x, dy, dx, weight, bias, mean, rstd, dw_part, db_part, C, HW, cpg, G, s.num_chunks,
-                               sn, sc, sp, CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, **meta)
-    dweight = dw_part.view(N, C, s.num_chunks).sum(dim=(0, 2))
-    dbias = db_part.view(N, C, s.num_chunks).sum(dim=(0, 2))
+        dw_sum, db_sum = dw_part.sum(1), db_part.sum(1)
+    _gn_bwd_apply_kernel[grid](x, dy, dx, weight, bias, mean, rstd, dw_sum, db_sum, C, HW, cpg, G, sn, sc, sp,
+                               ONE_PASS=s.one_pass, **meta)
+    dweight = dw_sum.view(N, C).sum(0)
+    dbias = db_sum.view(N, C).sum(0)
     return dx, dweight, dbias
 
 
@@ -349,7 +352,8 @@ def _compile_configs():
         t = triton_type(dtype)
         types = {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "dy_ptr": f"*{t}", "dx_ptr": f"*{t}", "w_ptr": "*fp32",
                  "b_ptr": "*fp32", "mean_part_ptr": "*fp32", "m2_part_ptr": "*fp32", "mean_ptr": "*fp32",
-                 "rstd_ptr": "*fp32", "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "eps": "fp32",
+                 "rstd_ptr": "*fp32", "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "dw_sum_ptr": "*fp32",
+                 "db_sum_ptr": "*fp32", "eps": "fp32",
                  **{name: "i32" for name in ("C", "HW", "CPG", "G", "num_chunks", "stride_n", "stride_c",
                                              "stride_p")}}
         for hw in (16 * 16, 32 * 32, 128 * 128):
@@ -358,7 +362,8 @@ def _compile_configs():
             kernels = [(_gn_fwd_stats_kernel, blocks)] if not s.one_pass else []
             for relu in (True, False) if dtype == torch.float32 else (True,):
                 apply = dict(CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=relu, **blocks)
-                kernels += [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, apply)]
+                bwd_apply = dict(ONE_PASS=s.one_pass, RELU=relu, **blocks)
+                kernels += [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, bwd_apply)]
                 if not s.one_pass:
                     kernels.append((_gn_bwd_stats_kernel, dict(RELU=relu, **blocks)))
             configs += [compile_config(fn, types, cx, s.num_warps) for fn, cx in kernels]
