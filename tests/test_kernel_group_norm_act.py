@@ -89,6 +89,14 @@ def test_two_phase_matches_reference(two_phase, shape, channels_last):
     _check_forward_backward(shape, "relu", channels_last)
 
 
+@pytest.mark.parametrize("shape, one_pass", [((1, 16, 30, 30, 2), True), ((1, 16, 45, 50, 2), False)], ids=str)
+def test_default_limits_at_the_model_group_width(shape, one_pass):
+    # 8 channels a group as in the model, with the shipped ONE_PASS_MAX / CHUNK (512-pixel chunks)
+    s = gn._Schedule(shape[1] // shape[4], shape[2] * shape[3])
+    assert s.one_pass == one_pass and (one_pass or s.num_chunks == 5)
+    _check_forward_backward(shape, "relu", channels_last=not one_pass)
+
+
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7, 4), (1, 12, 3, 1, 3)], ids=str)
 def test_channels_last_one_pass(shape):
     _check_forward_backward(shape, "relu", channels_last=True)
