@@ -9,7 +9,7 @@ Backends, all exact (the same minimum total cost as scipy):
 - "gpu": the Triton solver (``maskformer_fast.kernels.hungarian``), one program per problem,
   all problems in one launch, on the tensor's CUDA device (or through the Triton interpreter
   on CPU tensors when TRITON_INTERPRET=1, for tests).
-- "auto": "gpu" for CUDA tensors, else "cpu" when built, else "scipy" (with a warning once).
+- "auto": "gpu" for CUDA tensors, else "cpu" when built, else "scipy" (with a warning).
 """
 import os
 import warnings
@@ -91,10 +91,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "gpu"
     if _C is not None:
         return "cpu"
-    if not getattr(resolve_backend, "warned", False):
-        resolve_backend.warned = True
-        warnings.warn(f"maskformer_fast._C is not built ({_C_IMPORT_ERROR}); matching uses scipy. "
-                      "Reinstall with `pip install --no-build-isolation -e .` and a C++ compiler.")
+    # Python's default warning filter shows this once per process.
+    warnings.warn(f"maskformer_fast._C is not built ({_C_IMPORT_ERROR}); matching uses scipy. "
+                  "Reinstall with `pip install --no-build-isolation -e .` and a C++ compiler.")
     return "scipy"
 
 

@@ -162,3 +162,11 @@ def test_front_validation_and_auto():
     expected = "cpu" if matching._C is not None else "scipy"
     assert matching.resolve_backend("auto", torch.device("cpu")) == expected
     assert matching.resolve_backend("auto", torch.device("cuda")) == "gpu"
+
+
+def test_auto_falls_back_to_scipy_without_the_extension(monkeypatch):
+    monkeypatch.setattr(matching, "_C", None)
+    with pytest.warns(UserWarning, match="matching uses scipy"):
+        assert matching.resolve_backend("auto", torch.device("cpu")) == "scipy"
+    with pytest.raises(RuntimeError, match="cpu matching backend is not built"):
+        matching.linear_sum_assignment(torch.rand(2, 2), backend="cpu")
