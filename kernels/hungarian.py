@@ -1,8 +1,9 @@
 """Exact batched linear sum assignment on the GPU: one Triton program per problem.
 
 The algorithm is the C++ solver's (csrc/hungarian.cpp, scipy's shortest augmenting path):
-for each row of the short side, a Dijkstra search over reduced costs to the nearest free
-column, a dual update and an augmentation. One program solves one problem; each search step
+square problems start with the Jonker-Volgenant column reduction, then for each row of the
+short side still free, a Dijkstra search over reduced costs to the nearest free column, a
+dual update and an augmentation. One program solves one problem; each search step
 scans all columns at once across the program's lanes (a vector of BLOCK columns: reduced
 costs, shortest-path labels and predecessors updated together, then two min-reductions pick
 the next column, preferring a free one among ties). All problems of a training step run in
