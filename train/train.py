@@ -52,7 +52,7 @@ DEFAULT_OUTPUT = os.path.join("output", "default")
 SYNTHETIC_OVERRIDES = dict(
     num_decoder_layers=2, hidden_dim=64, conv_dim=64, mask_dim=64, dim_feedforward=128, num_queries=16,
     nheads=4, frozen_bn=False, crop_size=(64, 64), min_scale=0.75, max_scale=1.25, batch_size=4,
-    max_iter=300, base_lr=1e-3, backbone_lr_multiplier=1.0, warmup_iters=0, lr_schedule="poly",
+    max_iter=300, base_lr=5e-4, backbone_lr_multiplier=1.0, warmup_iters=0, lr_schedule="poly",
     test_short_side=64, test_max_size=256)
 SYNTHETIC_IMAGES, SYNTHETIC_SIZE = 16, 64
 
