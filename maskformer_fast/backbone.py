@@ -8,7 +8,7 @@ Parameter names are timm's, at the top of the backbone module (``conv1``, ``laye
 ResNet; ``patch_embed``, ``layers.{i}`` for Swin) plus ``norm0..norm3`` for Swin's per-output
 LayerNorms (official D2SwinTransformer / HF ``hidden_states_norms``).
 """
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import timm
 import torch
@@ -42,9 +42,12 @@ class ResNetBackbone(nn.Module):
         deep_stem: R101c's DeepLab stem, three 3x3 convs of 64, 64, 128 channels (timm
             stem_type="deep", stem_width=64; timm's own ``resnet101c`` has a 32-wide stem).
         frozen_bn: replace BatchNorm2d by FrozenBatchNorm2d (official configs freeze BN).
+        res5_multi_grid: dilation of the 3x3 conv in each res5 block (Detectron2 DeepLab
+            RES5_MULTI_GRID; the official R101c config uses (1, 2, 4)). Stride 2 stays in block 0.
     """
 
-    def __init__(self, depth: int = 50, deep_stem: bool = False, frozen_bn: bool = True):
+    def __init__(self, depth: int = 50, deep_stem: bool = False, frozen_bn: bool = True,
+                 res5_multi_grid: Tuple[int, int, int] = (1, 1, 1)):
         super().__init__()
         if depth not in (50, 101):
             raise ValueError(f"ResNetBackbone: depth must be 50 or 101, got {depth}")
@@ -58,6 +61,12 @@ class ResNetBackbone(nn.Module):
         if frozen_bn:
             for name, child in list(self.named_children()):
                 self.add_module(name, freeze_batch_norm_2d(child))
+        if len(res5_multi_grid) != len(self.layer4):
+            raise ValueError(f"ResNetBackbone: res5_multi_grid needs {len(self.layer4)} dilations, "
+                             f"got {res5_multi_grid}")
+        for block, dilation in zip(self.layer4, res5_multi_grid):  # Detectron2 dilation_per_block
+            block.conv2.dilation = (dilation, dilation)
+            block.conv2.padding = (dilation, dilation)
         self.feature_info = _feature_info([256, 512, 1024, 2048])
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -147,8 +156,11 @@ def build_backbone(name: str, frozen_bn: bool = True, window_size: int = 7, pret
                    drop_path_rate: float = 0.0) -> nn.Module:
     """Backbone by config name: resnet50, resnet101, resnet101c, swin_{tiny,small,base,large}."""
     if name in ("resnet50", "resnet101", "resnet101c"):
-        return ResNetBackbone(depth=50 if name == "resnet50" else 101, deep_stem=name == "resnet101c",
-                              frozen_bn=frozen_bn)
+        # R101c = the official build_resnet_deeplab_backbone config: DeepLab stem and
+        # RES5_MULTI_GRID [1, 2, 4] (configs/ade20k-150/maskformer_R101c_bs16_160k.yaml)
+        r101c = name == "resnet101c"
+        return ResNetBackbone(depth=50 if name == "resnet50" else 101, deep_stem=r101c, frozen_bn=frozen_bn,
+                              res5_multi_grid=(1, 2, 4) if r101c else (1, 1, 1))
     if name in SWIN_SPECS:
         return SwinBackbone(name, window_size=window_size, pretrain_img_size=pretrain_img_size,
                             drop_path_rate=drop_path_rate)

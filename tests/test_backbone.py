@@ -37,6 +37,9 @@ def test_r101c_has_the_deeplab_stem():
         (3, 64, (3, 3), (2, 2)), (64, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]
     assert backbone.layer1[0].conv1.in_channels == 128
     assert len(backbone.layer3) == 23  # ResNet-101
+    # official R101c config: RES5_MULTI_GRID [1, 2, 4]; stride 2 stays in the first res5 block
+    assert [(b.conv2.dilation, b.conv2.padding, b.conv2.stride) for b in backbone.layer4] == [
+        ((1, 1), (1, 1), (2, 2)), ((2, 2), (2, 2), (1, 1)), ((4, 4), (4, 4), (1, 1))]
 
 
 def test_frozen_bn_has_no_trainable_bn_and_ignores_train_mode():
