@@ -21,6 +21,13 @@ $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 step "build (C++ matcher extension)"
 $py -m pip install -q --no-build-isolation --no-deps -e . >>"$log" 2>&1 || { echo "build failed" | tee -a "$log"; status=1; }
 
+# The peer matcher for bench_matching.py, when a session carried its wheel here: fetch it with
+# `pip download --no-deps torch-linear-assignment==0.1.0 -d .whl` and pass .whl in the carry list.
+if ls .whl/torch_linear_assignment-*.whl >/dev/null 2>&1; then
+  step "install torch-linear-assignment (from .whl/)"
+  $py -m pip install -q --no-deps .whl/torch_linear_assignment-*.whl >>"$log" 2>&1 || echo "its install failed" | tee -a "$log"
+fi
+
 step "GPU correctness tests (kernels on CUDA vs eager; bf16/fp16 tolerances)"
 $py -m pytest -q -x -m gpu tests -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
