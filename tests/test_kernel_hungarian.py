@@ -35,6 +35,10 @@ def test_gpu_backend_training_shape():
     strided = cost.transpose(1, 2).contiguous().transpose(1, 2)  # costs are read through strides
     out = matching.linear_sum_assignment(strided.to(DEVICE), num_cols, backend="gpu")
     assert_optimal(cost, num_cols, out, 1e-6, "100x20")
+    # Square 100 x 100 with many ties: the column reduction's conflicts, then long searches.
+    cost = torch.randint(0, 10, (2, 100, 100), generator=gen).double()
+    out = matching.linear_sum_assignment(cost.to(DEVICE), backend="gpu")
+    assert_optimal(cost, torch.full((2,), 100), out, 1e-9, "100x100")
 
 
 def test_gpu_backend_forbidden_pairs_and_errors():
