@@ -34,6 +34,13 @@ MAX_BLOCK = 4096
 
 
 @triton.jit
+def _lowest_key_code(key_a, code_a, key_b, code_b):
+    """Combine step of the (label, code) min-reduction: lower label, then lower code."""
+    take_a = (key_a < key_b) | ((key_a == key_b) & (code_a < code_b))
+    return tl.where(take_a, key_a, key_b), tl.where(take_a, code_a, code_b)
+
+
+@triton.jit
 def _lsa_kernel(
     cost_ptr, num_cols_ptr, out_ptr, status_ptr,
     u_ptr, col4row_ptr, row4col_ptr, path_ptr,
@@ -108,9 +115,9 @@ def _lsa_kernel(
                 path = tl.where(better, i, path)
                 shortest = tl.where(better, reduced, shortest)
                 key = tl.where(done | ~col_valid, inf, shortest)
-                lowest = tl.min(key, axis=0)
-                # Among the columns at the lowest label, a free one first (code < BLOCK), then by index.
-                code = tl.min(tl.where(key == lowest, cols + tl.where(row4col < 0, 0, BLOCK), 2 * BLOCK), axis=0)
+                # The lowest label; among columns at it a free one first (code < BLOCK), then by
+                # index. One reduction tree over (label, code) pairs, not two in a row.
+                lowest, code = tl.reduce((key, cols + tl.where(row4col < 0, 0, BLOCK)), 0, _lowest_key_code)
                 j = code % BLOCK
                 done = done | (cols == j)
                 min_val = lowest
