@@ -159,27 +159,30 @@ def test_torchrun_two_ranks_stay_identical(data, tmp_path):
 
 
 def _overfit(data_root, out, iters):
-    subprocess.run(train_cmd(data_root, out, "--max-iter", str(iters), "--batch-size", "4", "--crop", "64",
+    """A narrow R50 memorises 4 images: no dropout, a crop that holds the whole 64x85 image
+    (so only flip and colour jitter vary), trainable BatchNorm (random init, no pretrained
+    weights offline)."""
+    subprocess.run(train_cmd(data_root, out, "--max-iter", str(iters), "--batch-size", "4",
                              "--eval-split", "train", "--checkpoint-period", "100000",
                              "num_decoder_layers=2", "hidden_dim=64", "conv_dim=64", "mask_dim=64",
-                             "dim_feedforward=128", "num_queries=16", "nheads=4", "frozen_bn=false",
-                             "base_lr=1e-3", "backbone_lr_multiplier=1.0", "test_short_side=64",
-                             "test_max_size=256", "min_scale=1.0", "max_scale=1.0", "num_classes=24"),
+                             "dim_feedforward=128", "num_queries=16", "nheads=4", "frozen_bn=false", "dropout=0.0",
+                             "base_lr=5e-4", "backbone_lr_multiplier=1.0", "crop_size=64,86", "min_scale=1.0",
+                             "max_scale=1.0", "test_short_side=64", "test_max_size=256", "num_classes=24"),
                    check=True, env=env(), capture_output=True, timeout=1800)
     losses = [r["loss"] for r in records(out)]
     return losses, records(out, "mIoU")[-1]["mIoU"]
 
 
-def test_overfit_short(tmp_path):
-    make_synthetic("ade20k", str(tmp_path / "d"), num_images=2, size=64, seed=0)
-    losses, _ = _overfit(tmp_path / "d", tmp_path / "o", 40)
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.5 * first, (first, last)
+def test_overfit_tiny_dataset(tmp_path):
+    make_synthetic("ade20k", str(tmp_path / "d"), num_images=4, size=64, seed=0)
+    losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 150)  # ~70 s on 2 idle cores
+    assert sum(losses[-10:]) / 10 < 0.2 * sum(losses[:10]) / 10
+    assert miou > 90.0
 
 
 @pytest.mark.slow
-def test_overfit_tiny_dataset_reaches_high_miou(tmp_path):
+def test_overfit_longer_schedule_fits_almost_perfectly(tmp_path):
     make_synthetic("ade20k", str(tmp_path / "d"), num_images=4, size=64, seed=0)
-    losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 800)  # ~6 min on 2 idle cores
-    assert sum(losses[-10:]) / 10 < 0.25 * sum(losses[:10]) / 10
-    assert miou > 90.0
+    losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 400)
+    assert sum(losses[-10:]) / 10 < 0.1 * sum(losses[:10]) / 10
+    assert miou > 96.0
