@@ -146,6 +146,21 @@ def test_eval_only_and_errors(data, tmp_path):
     assert wrong.returncode != 0 and "nowhere_else" in wrong.stderr
 
 
+def test_coco_panoptic_training_and_pq_evaluation(tmp_path):
+    make_synthetic("coco_panoptic", str(tmp_path / "coco"), num_images=2, size=32, seed=0)
+    out = tmp_path / "pan"
+    cmd = train_cmd(tmp_path / "coco", out, "--max-iter", "2", "--batch-size", "2", *TINY)
+    cmd[cmd.index("ade20k")] = "coco_panoptic"
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = records(out, "PQ")[-1]
+    assert set(final) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} and 0.0 <= final["PQ"] <= 100.0
+    with open(out / "eval" / "panoptic_predictions.json") as f:
+        predictions = json.load(f)["annotations"]
+    assert len(predictions) == 1 and all(s["category_id"] in (1, 3, 18, 187, 193, 199)
+                                         for p in predictions for s in p["segments_info"])
+
+
 def test_torchrun_two_ranks_stay_identical(data, tmp_path):
     out = tmp_path / "ddp"
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
