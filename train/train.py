@@ -58,23 +58,22 @@ SYNTHETIC_IMAGES, SYNTHETIC_SIZE = 16, 64
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train / evaluate MaskFormer.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train / evaluate MaskFormer (see the module docstring).")
     p.add_argument("--preset", default=None, help="config preset (default maskformer_r50_<dataset>)")
     p.add_argument("--dataset", default="ade20k", choices=DATASETS)
     p.add_argument("--data-root", default=None,
                    help="dataset folder; without it a synthetic dataset is written under OUTPUT/synthetic_data")
-    p.add_argument("--output", default=DEFAULT_OUTPUT)
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
     p.add_argument("--crop", type=int, default=None, help="square crop size")
     p.add_argument("--engine", default="fast", choices=("eager", "fast"),
-                   help="eager: reference ops; fast: Triton kernels where they run (CUDA)")
+                   help="eager: reference ops; fast (default): Triton kernels where they run (CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (fast engine)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-period", type=int, default=5000)
-    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--checkpoint-period", type=int, default=5000, help="iterations (default 5000)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (default 3)")
     p.add_argument("--eval-period", type=int, default=0, help="0: evaluate at the end only")
     p.add_argument("--eval-split", default="val", choices=("train", "val"))
     p.add_argument("--tta", action="store_true", help="multi-scale + flip semantic evaluation")
