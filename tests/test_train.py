@@ -5,7 +5,6 @@ config overrides (narrow heads, 2 decoder layers, 32-64 px crops).
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

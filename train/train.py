@@ -22,7 +22,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import sys
 import time

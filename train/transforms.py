@@ -13,7 +13,7 @@
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation depends only on the seed the loader derives for it (see ``train.py``).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
