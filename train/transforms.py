@@ -1,7 +1,7 @@
 """Training and test mappers: the official MaskFormer augmentations without Detectron2.
 
 * :class:`SemanticTrainMapper` follows ``MaskFormerSemanticDatasetMapper`` (ADE20K, COCO-Stuff,
-  Cityscapes): resize the short side to a random choice in [min_scale, max_scale] x crop,
+  Cityscapes): resize the short side to a random choice in [min_scale, max_scale] x the test size,
   random crop with the category-area constraint, SSD colour jitter, horizontal flip, pad
   the image with 128 and the label with 255 up to the crop size; then one binary mask per
   class present (ignore excluded).
@@ -161,12 +161,12 @@ class SemanticTrainMapper:
 
     @classmethod
     def from_config(cls, cfg) -> "SemanticTrainMapper":
-        """Short sides int(0.1 k x crop) for k in [10 min_scale, 10 max_scale], max 4 x crop (the
-        official ADE20K lists 256..1024 / 2048 for crop 512)."""
-        crop = min(cfg.crop_size)
+        """Short sides int(0.1 k x S) for k in [10 min_scale, 10 max_scale] and long side <= 4 S,
+        with S = test_short_side: the official lists (ADE20K 256..1024 / 2048 for S = 512,
+        COCO-Stuff 320..1280 / 2560 for 640, Cityscapes 512..2048 / 4096 for 1024)."""
+        base = cfg.test_short_side
         scales = range(int(round(cfg.min_scale * 10)), int(round(cfg.max_scale * 10)) + 1)
-        return cls(cfg.crop_size, [int(k * 0.1 * crop) for k in scales], 4 * max(cfg.crop_size),
-                   ignore_label=cfg.ignore_value)
+        return cls(cfg.crop_size, [int(k * 0.1 * base) for k in scales], 4 * base, ignore_label=cfg.ignore_value)
 
     def __call__(self, sample: Dict, rng: np.random.Generator) -> Dict:
         image, label = sample["image"], sample["sem_seg"]
