@@ -34,6 +34,11 @@ def poison_torch_empty(monkeypatch) -> None:
     Kernel launchers allocate outputs with them, so an element a kernel forgets to write
     shows up as NaN instead of whatever the allocator had there.
     """
+    # torch's device context (`with torch.device("meta")`) caches its constructor set on first
+    # use: fill that cache with the real functions before patching, or it keeps the lambdas.
+    import torch.utils._device
+
+    torch.utils._device._device_constructors()
     empty, empty_like = torch.empty, torch.empty_like
 
     def poison(t):
