@@ -429,8 +429,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
         scaler.load_state_dict(state["scaler"])
         start_iter, position = state["iter"], state["data_position"]
         set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
-        metrics.truncate_after(start_iter)
         log(f"resumed from {latest} at iteration {start_iter}")
+    metrics.truncate_after(start_iter)  # a fresh run starts a fresh log; a resumed one drops records past it
 
     train_model = model
     if d.world > 1:
