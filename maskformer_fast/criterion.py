@@ -234,7 +234,9 @@ class MaskFormerCriterion(nn.Module):
         losses = {}
         for l, ((logits, masks), pairs) in enumerate(zip(layers, matched.split(per_layer))):
             suffix = "" if l == 0 else f"_{l - 1}"
-            loss_ce = F.cross_entropy(logits.float().transpose(1, 2), target_classes[l], self.empty_weight)
+            ce_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32 under autocast, fp64 stays fp64
+            loss_ce = F.cross_entropy(logits.to(ce_dtype).transpose(1, 2), target_classes[l],
+                                      self.empty_weight.to(ce_dtype))
             image, query = pairs[:, 1], pairs[:, 2]
             if len(pairs):
                 target = tgt.masks[tgt.offsets[image] + cols[l, image, query]]
