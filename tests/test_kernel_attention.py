@@ -10,10 +10,11 @@ import torch
 
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import attention as attn
-from tests.helpers import assert_close_verbose, error_ratio_ok, poison_torch_empty
+from tests.helpers import assert_close_verbose, error_ratio_ok
 
 # Triton 3.6's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
-pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+              pytest.mark.usefixtures("poisoned_outputs")]
 
 # (B, h, Lq, Lk, d): Lq != Lk, Lk = 1, Lq = 100 with Lk = 37, several key blocks,
 # a single query, exact block multiples, head dims 16 / 32 / 64 / 128.
@@ -28,9 +29,6 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    poison_torch_empty(monkeypatch)
 
 
 def _inputs(B, H, Lq, Lk, d, dtype=torch.float64, seed=0):

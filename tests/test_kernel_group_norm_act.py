@@ -1,14 +1,16 @@
 """The Triton GroupNorm + activation against the eager reference (float64 through the interpreter).
 
 Every kernel-allocated buffer (outputs and partial statistics) is filled with NaN by the
-``poisoned_empty`` fixture, so an element a kernel forgets to write fails the comparison.
+``poisoned_outputs`` fixture, so an element a kernel forgets to write fails the comparison.
 """
 import pytest
 import torch
 
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import group_norm_act as gn
-from tests.helpers import assert_close_verbose, error_ratio_ok, poison_torch_empty
+from tests.helpers import assert_close_verbose, error_ratio_ok
+
+pytestmark = pytest.mark.usefixtures("poisoned_outputs")
 
 # (N, C, H, W, groups): odd H*W, a single pixel row, N = 1, C = groups (one channel a group),
 # a single pixel, one group for all channels, and channels per group not a power of two.
@@ -22,9 +24,6 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    poison_torch_empty(monkeypatch)
 
 
 @pytest.fixture
