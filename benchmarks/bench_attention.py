@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, report  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 IMPLS = ("sdpa", "eager", "triton")
 
 

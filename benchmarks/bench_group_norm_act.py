@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import device_name, measure, report  # noqa: E402
+from benchmarks.common import DTYPES, device_name, measure, report  # noqa: E402
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Peak HBM bandwidth (GB/s) of cards we may run on, for the "% of peak" column.
 PEAK_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H200": 4800, "A100-SXM4-80GB": 2039}
 

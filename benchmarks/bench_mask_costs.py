@@ -25,11 +25,9 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, report  # noqa: E402
 from maskformer_fast import reference  # noqa: E402
 from maskformer_fast.kernels.mask_costs import mask_costs  # noqa: E402
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def official_costs(pred_masks, target_masks, num_targets, num_layers):
@@ -87,13 +85,13 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--targets", type=int, nargs="+", default=[5, 20, 50])
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    dtype = _DTYPES[args.dtype]
+    dtype = DTYPES[args.dtype]
     rows = []
     for shape in shapes(not cuda, args.targets, args.images, args.layers, args.queries, args.size):
         images, layers, queries, K, size = shape

@@ -23,11 +23,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, report  # noqa: E402
 from maskformer_fast import reference  # noqa: E402
 from maskformer_fast.kernels.mask_losses import mask_losses  # noqa: E402
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 IMPLS = ("eager", "triton", "triton f-tgt")
@@ -77,13 +75,13 @@ def main(argv=None):
     p.add_argument("--masks", type=int, default=800)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    dtype = _DTYPES[args.dtype]
+    dtype = DTYPES[args.dtype]
     case_shape = shape(not cuda, args.masks, args.size, args.scale)
     M, h, H = case_shape
     label = f"M={M} {h}x{h}->{H}x{H} {args.dtype}"

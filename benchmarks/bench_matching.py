@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scipy.optimize import linear_sum_assignment as scipy_lsa  # noqa: E402
 
 from benchmarks.bench_mask_costs import official_costs  # noqa: E402
-from benchmarks.common import measure, report  # noqa: E402
+from benchmarks.common import measure, report, synchronized  # noqa: E402
 from maskformer_fast import matching, ops  # noqa: E402
 
 MASK_WEIGHT, CLASS_WEIGHT, DICE_WEIGHT = 20.0, 1.0, 1.0
@@ -115,15 +115,6 @@ def batched_step(logits, masks, labels, targets, layers, backend):
     return matching.linear_sum_assignment(cost, num_targets.repeat(layers), backend=backend)
 
 
-def _synchronized(fn, cuda):
-    def run():
-        out = fn()
-        if cuda:
-            torch.cuda.synchronize()
-        return out
-    return run
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=16)
@@ -145,7 +136,7 @@ def main(argv=None):
         label = f"B={problems} N={args.queries} K={K} fp32"
         part = []
         for impl, fn in assignment_cases(problems, args.queries, K, cuda).items():
-            part.append(measure("assignment", impl, label, _synchronized(fn, cuda)))
+            part.append(measure("assignment", impl, label, synchronized(fn)))
         for row in part[1:]:
             row.extra["vs scipy loop"] = f"{part[0].ms / row.ms:.1f}x"
         rows += part
@@ -157,7 +148,7 @@ def main(argv=None):
                  "ours": lambda: batched_step(*inputs, args.layers, "auto")}
         if cuda and "cpu" in matching.available_backends():
             cases["ours, cpu solver"] = lambda: batched_step(*inputs, args.layers, "cpu")
-        part = [measure("matcher step", impl, label, _synchronized(fn, cuda)) for impl, fn in cases.items()]
+        part = [measure("matcher step", impl, label, synchronized(fn)) for impl, fn in cases.items()]
         for row in part[1:]:
             row.extra["vs official"] = f"{part[0].ms / row.ms:.1f}x"
         part[1].extra["solver"] = matching.resolve_backend("auto", torch.device(device))

@@ -15,6 +15,18 @@ from typing import Callable, List, Optional
 import torch
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def synchronized(fn: Callable[[], object]) -> Callable[[], None]:
+    """fn followed by a device sync, for timers that read a host clock (pytest-benchmark)."""
+    def run():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return run
+
+
 @dataclass
 class Row:
     op: str

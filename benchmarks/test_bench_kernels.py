@@ -17,18 +17,11 @@ if not CUDA:
 import pytest  # noqa: E402
 
 from benchmarks import bench_attention, bench_group_norm_act  # noqa: E402
+from benchmarks.common import synchronized  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
 MODES = ("fwd", "fwd+bwd")
-
-
-def _synchronized(fn):
-    def run():
-        fn()
-        if CUDA:
-            torch.cuda.synchronize()
-    return run
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -36,7 +29,7 @@ def _synchronized(fn):
 def test_group_norm_relu(benchmark, impl, mode):
     shape = bench_group_norm_act.shapes(small=not CUDA)[0]
     fn, _ = bench_group_norm_act.make_case(shape, impl, mode, DTYPE, DEVICE)
-    benchmark(_synchronized(fn))
+    benchmark(synchronized(fn))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -44,4 +37,4 @@ def test_group_norm_relu(benchmark, impl, mode):
 def test_attention_cross(benchmark, impl, mode):
     case = bench_attention.cases(small=not CUDA)[1]
     fn, _, _ = bench_attention.make_case(case, impl, mode, DTYPE, DEVICE)
-    benchmark(_synchronized(fn))
+    benchmark(synchronized(fn))

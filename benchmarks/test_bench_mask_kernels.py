@@ -18,27 +18,20 @@ if not CUDA:
 import pytest  # noqa: E402
 
 from benchmarks import bench_mask_costs, bench_mask_losses  # noqa: E402
+from benchmarks.common import synchronized  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
-
-
-def _synchronized(fn):
-    def run():
-        fn()
-        if CUDA:
-            torch.cuda.synchronize()
-    return run
 
 
 @pytest.mark.parametrize("impl", bench_mask_costs.IMPLS)
 def test_mask_costs(benchmark, impl):
     shape = bench_mask_costs.shapes(small=not CUDA)[-1]
     fn, _, _ = bench_mask_costs.make_case(shape, impl, torch.float32, DEVICE)
-    benchmark(_synchronized(fn))
+    benchmark(synchronized(fn))
 
 
 @pytest.mark.parametrize("mode", bench_mask_losses.MODES)
 @pytest.mark.parametrize("impl", bench_mask_losses.IMPLS[:2])
 def test_mask_losses(benchmark, impl, mode):
     fn, _, _ = bench_mask_losses.make_case(bench_mask_losses.shape(small=not CUDA), impl, mode, torch.float32, DEVICE)
-    benchmark(_synchronized(fn))
+    benchmark(synchronized(fn))
