@@ -14,6 +14,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from maskformer_fast.predict import read_weights
+
 __all__ = ["atomic_save", "CheckpointManager", "rng_state", "set_rng_state", "load_model_weights"]
 
 POINTER = "last_checkpoint"
@@ -64,16 +66,7 @@ def set_rng_state(state: Dict) -> None:
 
 def load_model_weights(path: str) -> Dict[str, torch.Tensor]:
     """The model state dict from a training checkpoint or a plain state-dict file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated / not a torch file
-        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds neither a training checkpoint nor a model state dict")
-    return state
+    return read_weights(path).state
 
 
 class CheckpointManager:

@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskformer_fast.predict import id_to_rgb  # the COCO panoptic PNG encoding, shared
+
 FORMATS = ("ade20k", "coco_panoptic", "coco_stuff", "cityscapes")
 
 
@@ -161,11 +163,6 @@ def write_semantic(fmt: str, out: str, num_images: int, num_val: int, size: int,
             else:
                 Image.fromarray(image).save(image_path)
             Image.fromarray(label_map).save(label_path)
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment ids [H,W] -> the COCO panoptic RGB encoding (id = R + 256 G + 256^2 B)."""
-    return np.stack([ids % 256, ids // 256 % 256, ids // 256 ** 2 % 256], axis=-1).astype(np.uint8)
 
 
 def panoptic_categories() -> List[Dict]:

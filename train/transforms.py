@@ -19,25 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from maskformer_fast.predict import resize_image, resized_shape  # the test-time resize, shared
+
 __all__ = ["resized_shape", "resize_image", "resize_label", "ColorAugSSD", "SemanticTrainMapper",
            "PanopticTrainMapper", "EvalMapper", "collate"]
-
-
-def resized_shape(height: int, width: int, short: float, max_size: float) -> Tuple[int, int]:
-    """Detectron2's ResizeShortestEdge output shape: short side -> ``short``, long side <= ``max_size``."""
-    scale = short / min(height, width)
-    new_h, new_w = (short, scale * width) if height < width else (scale * height, short)
-    if max(new_h, new_w) > max_size:
-        scale = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def resize_image(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """[H,W,3] uint8 -> bilinear resize to ``shape`` (h, w), as Detectron2 does with PIL."""
-    if image.shape[:2] == tuple(shape):
-        return image
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR))
 
 
 def resize_label(label: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""The predict CLI (maskformer_fast/predict.py) against direct calls of the model and inference."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import maskformer_fast as mf
+from maskformer_fast.predict import main
+from train.checkpoint import rng_state
+
+TINY = dict(num_decoder_layers=1, dim_feedforward=64, hidden_dim=64, conv_dim=64, mask_dim=64, num_queries=8,
+            nheads=4, num_classes=5, test_short_side=64, test_max_size=256)
+TINY_ARGS = [f"{k}={v}" for k, v in TINY.items()]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model saved as a train.py checkpoint and as a bare state dict, plus two PNG images."""
+    tmp = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    cfg = mf.get_config("maskformer_r50_ade20k", **TINY)
+    model = mf.build_model(cfg).eval()
+    with torch.no_grad():  # sharpen the random heads so that label maps vary across the image
+        for name, param in model.named_parameters():
+            if name.startswith(("predictor.class_embed", "predictor.mask_embed.layers.2")):
+                param.mul_(30)
+    optimizer = torch.optim.AdamW(model.parameters())
+    train_ckpt, bare = str(tmp / "model_0000010.pth"), str(tmp / "state.pth")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iter": 10,
+                "data_position": {"epoch": 0, "position": 40}, "rng": [rng_state()],
+                "config": dataclasses.asdict(cfg), "engine": "fast"}, train_ckpt)
+    torch.save(model.state_dict(), bare)
+    images = tmp / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("a", (50, 70)), ("b", (81, 40))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    return dict(tmp=tmp, cfg=cfg, model=model, train_ckpt=train_ckpt, bare=bare, images=images)
+
+
+def _direct_outputs(setup, name):
+    """The model on the image resized and normalised by hand (PIL bilinear, short side 64)."""
+    image = np.asarray(Image.open(setup["images"] / f"{name}.png").convert("RGB"))
+    h, w = image.shape[:2]
+    s = 64 / min(h, w)
+    shape = (64, int(w * s + 0.5)) if h < w else (int(h * s + 0.5), 64)
+    resized = np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.BILINEAR)).astype(np.float32)
+    x = torch.from_numpy((resized - np.float32([123.675, 116.28, 103.53])) / np.float32([58.395, 57.12, 57.375]))
+    with torch.no_grad():
+        out = setup["model"](x.permute(2, 0, 1)[None])
+    return out, shape, (h, w)
+
+
+def test_semantic_png_equals_model_plus_semantic_inference(setup):
+    out_dir = setup["tmp"] / "sem"
+    main(["--weights", setup["train_ckpt"], "--input", str(setup["images"]), "--output", str(out_dir),
+          "--device", "cpu", "--engine", "eager"])
+    for name in ("a", "b"):
+        out, shape, size = _direct_outputs(setup, name)
+        expected = mf.semantic_inference(out, [shape], [size])[0].argmax(0).numpy()
+        assert len(np.unique(expected)) > 1, "a constant map would not test the resize and normalisation"
+        png = Image.open(out_dir / f"{name}.png")
+        assert png.mode == "L" and png.size == (size[1], size[0])
+        np.testing.assert_array_equal(np.asarray(png), expected)
+
+
+def test_train_checkpoint_and_bare_state_dict_agree(setup):
+    image = str(setup["images"] / "a.png")
+    main(["--weights", setup["train_ckpt"], "--input", image, "--output", str(setup["tmp"] / "ckpt")])
+    main(TINY_ARGS + ["--weights", setup["bare"], "--input", image, "--output", str(setup["tmp"] / "bare")])
+    main(TINY_ARGS + ["--input", image, "--output", str(setup["tmp"] / "random")])  # random init differs
+    ckpt, bare, random_init = (np.asarray(Image.open(setup["tmp"] / d / "a.png")) for d in ("ckpt", "bare", "random"))
+    np.testing.assert_array_equal(ckpt, bare)
+    assert not np.array_equal(ckpt, random_init)
+
+
+def test_panoptic_png_decodes_to_segments_info(setup):
+    out_dir = setup["tmp"] / "pan"
+    main(["--weights", setup["train_ckpt"], "--task", "panoptic", "--thing-classes", "0-1", "object_mask_threshold=0",
+          "overlap_threshold=0", "--input", str(setup["images"] / "a.png"), "--output", str(out_dir)])
+    rgb = np.asarray(Image.open(out_dir / "a.png")).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
+    info = json.load(open(out_dir / "a.json"))["segments_info"]
+    assert info, "thresholds 0 keep every query: there must be segments"
+    assert set(np.unique(ids)) - {0} == {s["id"] for s in info}
+    for s in info:
+        assert s["area"] == int((ids == s["id"]).sum())
+        assert s["isthing"] == (s["category_id"] in (0, 1))
+    # the same ids as panoptic_inference on the direct outputs
+    out, shape, size = _direct_outputs(setup, "a")
+    expected, segments = mf.panoptic_inference(out, [shape], [size], mf.PanopticMetadata({0, 1}), 0.0, 0.0)[0]
+    np.testing.assert_array_equal(ids, expected.numpy())
+    assert [s["category_id"] for s in segments] == [s["category_id"] for s in info]
+
+
+def test_instance_npz_and_json(setup):
+    out_dir = setup["tmp"] / "inst"
+    main(["--weights", setup["train_ckpt"], "--task", "instance", "--top-k", "7",
+          "--input", str(setup["images"] / "b.png"), "--output", str(out_dir)])
+    saved = np.load(out_dir / "b_masks.npz")
+    meta = json.load(open(out_dir / "b.json"))
+    assert saved["masks"].shape == (7, 81, 40) and saved["masks"].dtype == np.bool_
+    assert [i["label"] for i in meta["instances"]] == saved["labels"].tolist()
+    assert np.all(np.diff(saved["scores"]) <= 0)
+    out, shape, size = _direct_outputs(setup, "b")
+    expected = mf.instance_inference(out, [shape], [size], top_k=7)[0]
+    np.testing.assert_array_equal(saved["masks"], expected["masks"].numpy())
+
+
+def test_bad_inputs_name_the_file(setup, tmp_path):
+    with pytest.raises(SystemExit, match="nope.png"):
+        main(TINY_ARGS + ["--input", str(tmp_path / "nope.png")])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="broken.png"):
+        main(TINY_ARGS + ["--input", str(tmp_path / "broken.png"), "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="missing.pth"):
+        main(["--weights", str(tmp_path / "missing.pth")])
+    with pytest.raises(SystemExit) as e:
+        main(["--task", "depth"])
+    assert e.value.code == 2  # argparse
+
+
+def test_default_run_without_input_subprocess(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maskformer_fast.predict", *TINY_ARGS], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "synthetic: 512x384 -> labels (384, 512)" in r.stdout
+    assert "images/s" in r.stdout and "parameters" in r.stdout
+
+
+@pytest.mark.slow
+def test_default_run_full_preset_subprocess():
+    r = subprocess.run([sys.executable, "-m", "maskformer_fast.predict"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "maskformer_r50_ade20k" in r.stdout and "labels (384, 512)" in r.stdout
