@@ -329,7 +329,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="panoptic: contiguous thing ids, e.g. 0-79 (default 0-79 for coco_panoptic, else none)")
     p.add_argument("--top-k", type=int, default=100, help="instance: instances kept per image")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # KEY=VALUE may sit between options
     if args.tta and args.task != "semantic":
         p.error("--tta works with --task semantic only")
     if args.short_side is not None and args.short_side < 1:

@@ -127,17 +127,28 @@ def test_bad_inputs_name_the_file(setup, tmp_path):
     assert e.value.code == 2  # argparse
 
 
-def test_default_run_without_input_subprocess(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "maskformer_fast.predict", *TINY_ARGS], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "synthetic: 512x384 -> labels (384, 512)" in r.stdout
-    assert "images/s" in r.stdout and "parameters" in r.stdout
-
-
-@pytest.mark.slow
-def test_default_run_full_preset_subprocess():
+def test_default_run_without_arguments_subprocess():
+    """The README's first command: the full R50 ADE20K preset, random init, one generated image."""
     r = subprocess.run([sys.executable, "-m", "maskformer_fast.predict"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "maskformer_r50_ade20k" in r.stdout and "labels (384, 512)" in r.stdout
+    assert "maskformer_r50_ade20k: 41,254,743 parameters" in r.stdout
+    assert "synthetic: 512x384 -> labels (384, 512)" in r.stdout and "images/s" in r.stdout
+
+
+def test_official_pth_and_pkl_weights(setup, tmp_path):
+    """A Detectron2-named .pth goes to the official converter, like a .pkl: same label maps."""
+    from maskformer_fast.predict import Predictor, read_image
+    from tests.test_convert import d2_resnet_keys, head_keys, random_checkpoint, save_pkl, save_pth
+    official = random_checkpoint({**d2_resnet_keys(50, deeplab_stem=False),
+                                  **head_keys([256, 512, 1024, 2048], num_classes=5, dec_layers=1)})
+    official = {k: v.abs() if k.endswith("running_var") else v for k, v in official.items()}
+    pth, pkl = save_pth(tmp_path / "model_final.pth", official), save_pkl(tmp_path / "model_final.pkl", official)
+    args = ["num_decoder_layers=1", "num_classes=5", "test_short_side=64", "--input", str(setup["images"] / "a.png")]
+    main(args + ["--weights", str(pth), "--output", str(tmp_path / "pth")])
+    main(args + ["--weights", str(pkl), "--output", str(tmp_path / "pkl")])
+    cfg = mf.get_config("maskformer_r50_ade20k", num_decoder_layers=1, num_classes=5, test_short_side=64)
+    model = mf.load_official_checkpoint(mf.build_model(cfg).eval(), pkl)
+    expected = Predictor(model, cfg)(read_image(str(setup["images"] / "a.png"))).numpy()
+    for d in ("pth", "pkl"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / d / "a.png")), expected)
