@@ -31,7 +31,7 @@ _API = {
     "PanopticMetadata": "inference",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "convert")
+               "config", "model", "convert", "predict")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 
