@@ -180,12 +180,15 @@ def _panoptic_segments(scores: torch.Tensor, classes: torch.Tensor, mask_prob: t
 
 @torch.no_grad()
 def instance_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
-                       output_sizes: Optional[Sequence[Size]] = None, top_k: int = 100) -> List[Dict]:
+                       output_sizes: Optional[Sequence[Size]] = None, top_k: int = 100,
+                       metadata: Optional[Union[PanopticMetadata, Mapping]] = None) -> List[Dict]:
     """Instance segmentation per image, as Mask2Former: the top_k (query, class) pairs by
     class probability (no-object excluded; a query may appear with several classes), each
     scored class prob * mean sigmoid(mask) inside its binarised mask (logit > 0) at the
     output size. Returns dicts {"scores" float [k], "labels" int64 [k], "masks" bool
     [k, *output_size]} sorted by score, highest first (Mask2Former leaves them unsorted).
+    With metadata (a panoptic dataset), only thing classes are kept among the top_k, as
+    Mask2Former does when panoptic inference is on.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -193,11 +196,16 @@ def instance_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
     image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
     padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
     num_classes = logits.shape[-1] - 1
+    things = None if metadata is None else torch.tensor(sorted(_as_metadata(metadata).thing_classes),
+                                                        dtype=torch.int64, device=logits.device)
     results = []
     for i in range(len(image_sizes)):
         class_prob = logits[i].float().softmax(-1)[:, :-1].flatten()  # [Q*C], query-major
         class_score, pair = class_prob.topk(min(top_k, class_prob.numel()))
         query, label = pair // num_classes, pair % num_classes
+        if things is not None:
+            is_thing = torch.isin(label, things)
+            class_score, query, label = class_score[is_thing], query[is_thing], label[is_thing]
         mask_logits = _postprocess(masks[i][query].float(), padded, image_sizes[i], output_sizes[i])
         binary = mask_logits > 0
         mask_score = (mask_logits.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)

@@ -247,7 +247,9 @@ class Predictor:
                                                          self.cfg.object_mask_threshold,
                                                          self.cfg.overlap_threshold)[0]
             return ids.cpu(), segments
-        result = inference.instance_inference(out, image_sizes, output_sizes, top_k=self.top_k)[0]
+        # panoptic datasets keep thing classes only, as Mask2Former's instance inference does
+        things = self.metadata if self.metadata.thing_classes else None
+        result = inference.instance_inference(out, image_sizes, output_sizes, top_k=self.top_k, metadata=things)[0]
         return {k: v.cpu() for k, v in result.items()}
 
 

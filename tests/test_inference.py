@@ -141,6 +141,11 @@ def test_instance_topk_scores_and_order():
     assert res["masks"][0, :8].all() and not res["masks"][0, 8:].any() and res["masks"][1].all()
     (all_pairs,) = instance_inference({"pred_logits": logits, "pred_masks": masks}, top_k=100)
     assert len(all_pairs["scores"]) == 6 and all_pairs["scores"][-1].item() == 0
+    # panoptic datasets: stuff classes are dropped from the top-3, not replaced
+    (things,) = instance_inference({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], top_k=3,
+                                   metadata=PanopticMetadata(frozenset({1})))
+    assert things["labels"].tolist() == [1, 1]
+    assert things["scores"].tolist() == pytest.approx([.8 * s1, .3 * sigmoid(2)], rel=1e-5)
 
 
 class DummySegmenter(nn.Module):
