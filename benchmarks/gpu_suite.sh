@@ -28,8 +28,8 @@ if ls .whl/torch_linear_assignment-*.whl >/dev/null 2>&1; then
   $py -m pip install -q --no-deps .whl/torch_linear_assignment-*.whl >>"$log" 2>&1 || echo "its install failed" | tee -a "$log"
 fi
 
-step "GPU correctness tests (kernels on CUDA vs eager; bf16/fp16 tolerances)"
-$py -m pytest -q -x -m gpu tests -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
+step "GPU correctness tests (kernels on CUDA vs eager; bf16/fp16 tolerances; whole model fast vs eager)"
+$py -m pytest -q -m gpu tests tests/parity/test_fast_vs_eager.py -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 jsons=()
