@@ -26,7 +26,12 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     skip_slow = pytest.mark.skip(reason="slow on a 2-core CPU: pass --runslow to run it")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
+    skip_interpreter = pytest.mark.skip(reason="drives kernels with CPU tensors through the Triton interpreter, "
+                                               "which is off where CUDA is present; the gpu-marked tests and "
+                                               "tests/parity/test_fast_vs_eager.py run the compiled kernels there")
     for item in items:
+        if "interpreter" in item.keywords and "gpu" not in item.keywords and HAS_CUDA:
+            item.add_marker(skip_interpreter)
         if "slow" in item.keywords and not config.getoption("--runslow"):
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not HAS_CUDA:

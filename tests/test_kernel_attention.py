@@ -14,7 +14,7 @@ from tests.helpers import assert_close_verbose, error_ratio_ok
 
 # Triton 3.6's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
 pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
-              pytest.mark.usefixtures("poisoned_outputs")]
+              pytest.mark.usefixtures("poisoned_outputs"), pytest.mark.interpreter]
 
 # (B, h, Lq, Lk, d): Lq != Lk, Lk = 1, Lq = 100 with Lk = 37, several key blocks,
 # a single query, exact block multiples, head dims 16 / 32 / 64 / 128.

@@ -10,7 +10,7 @@ from maskformer_fast import ops, reference
 from maskformer_fast.kernels import group_norm_act as gn
 from tests.helpers import assert_close_verbose, error_ratio_ok
 
-pytestmark = pytest.mark.usefixtures("poisoned_outputs")
+pytestmark = [pytest.mark.usefixtures("poisoned_outputs"), pytest.mark.interpreter]
 
 # (N, C, H, W, groups): odd H*W, a single pixel row, N = 1, C = groups (one channel a group),
 # a single pixel, one group for all channels, and channels per group not a power of two.
