@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is imported
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import DTYPES, measure, report  # noqa: E402
 
@@ -80,8 +83,6 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel module is imported
     device = "cuda" if cuda else "cpu"
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if cuda else torch.float32)
 
