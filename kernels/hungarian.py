@@ -11,7 +11,9 @@ one launch and costs are read where they live, in their own dtype, with float64 
 
 Per-program scratch in global memory (row duals, the matching, path predecessors) is
 written by some lanes and read by others, so every hand-over is behind a ``debug_barrier``
-(a CTA barrier on the GPU; a no-op in the interpreter, which runs lanes in lockstep).
+(a CTA barrier on the GPU; a no-op in the interpreter, which runs lanes in lockstep). That
+includes read-then-overwrite of one scalar: every thread loads a scalar but one thread stores
+it, and with several warps a lagging warp would otherwise read the new value.
 
 Problem ``b`` is ``cost[b, :, :num_cols[b]]``; when it has more rows than valid columns it is
 solved transposed (strides swapped), as scipy does. Status per problem: 0 solved,
@@ -130,21 +132,26 @@ def _lsa_kernel(
                 # Duals: the new row gains min_val; every other row reached (the owner of a reached,
                 # matched column) and every reached column move by min_val - shortest.
                 delta = min_val - shortest
-                u_cur = tl.load(u_ptr + scratch + cur_row)
-                tl.store(u_ptr + scratch + cur_row, u_cur + min_val)
                 reached_rows = done & (row4col >= 0)
+                u_cur = tl.load(u_ptr + scratch + cur_row)
                 u_old = tl.load(u_ptr + scratch + row4col, mask=reached_rows, other=0.0)
+                # A scalar is loaded by every thread but stored by one: with several warps, one
+                # could otherwise read u[cur_row] after another warp's thread has updated it.
+                tl.debug_barrier()
+                tl.store(u_ptr + scratch + cur_row, u_cur + min_val)
                 tl.store(u_ptr + scratch + row4col, u_old + delta, mask=reached_rows)
                 v = tl.where(done, v - delta, v)
                 tl.store(path_ptr + scratch + cols, path)
                 tl.debug_barrier()
-                # Augment along the predecessors from the free column back to cur_row.
+                # Augment along the predecessors from the free column back to cur_row. The rows of
+                # a path are distinct, so each col4row read sees the value from before this loop.
                 j = sink
                 row = -1
                 while row != cur_row:
                     row = tl.load(path_ptr + scratch + j)
-                    tl.store(row4col_ptr + scratch + j, row)
                     previous = tl.load(col4row_ptr + scratch + row)
+                    tl.debug_barrier()  # the same read-before-overwrite hand-off as for u above
+                    tl.store(row4col_ptr + scratch + j, row)
                     tl.store(col4row_ptr + scratch + row, j)
                     j = previous
         cur_row += 1

@@ -81,3 +81,16 @@ def test_gpu_backend_training_step_on_cuda(num_targets, kind):
         out = matching.linear_sum_assignment(cost.cuda(), num_cols, backend="gpu")
         assert out.is_cuda
         assert_optimal(cost, num_cols, out, 1e-9 if dtype == torch.float64 else 1e-6, f"{kind} K={num_targets}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,cols", [(300, 300), (200, 700), (1000, 1000)])
+def test_gpu_backend_several_warps_on_cuda(rows, cols):
+    # Blocks over 256 lanes run on several warps, where a lagging warp can read a scalar that
+    # another warp's thread has already overwritten unless a barrier separates the two: the
+    # training shapes (one warp) cannot show such a race. Integer costs give long searches.
+    gen = torch.Generator().manual_seed(rows + cols)
+    for kind in ("uniform", "integer"):
+        cost, num_cols = random_batch(gen, kind, 16, rows, cols, torch.float64)
+        out = matching.linear_sum_assignment(cost.cuda(), num_cols, backend="gpu")
+        assert_optimal(cost, num_cols, out, 1e-9, f"{kind} {rows}x{cols}")
