@@ -29,7 +29,8 @@ if ls .whl/torch_linear_assignment-*.whl >/dev/null 2>&1; then
 fi
 
 step "GPU correctness tests (kernels on CUDA vs eager; bf16/fp16 tolerances; whole model fast vs eager)"
-$py -m pytest -q -m gpu tests tests/parity/test_fast_vs_eager.py -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
+# bounded: a kernel that hangs on the GPU (a barrier mismatch, say) must not eat the whole call
+timeout 300 $py -m pytest -q -m gpu tests tests/parity/test_fast_vs_eager.py -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 jsons=()

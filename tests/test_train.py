@@ -145,8 +145,16 @@ def test_eval_only_and_errors(data, tmp_path):
     assert wrong.returncode != 0 and "nowhere_else" in wrong.stderr
 
 
+def _panoptic_predictions(out):
+    """{file name: (segments_info, PNG bytes)} of an evaluation's panoptic predictions."""
+    with open(out / "eval" / "panoptic_predictions.json") as f:
+        annotations = json.load(f)["annotations"]
+    return {a["file_name"]: (a["segments_info"], (out / "eval" / "panoptic_predictions" / a["file_name"]).read_bytes())
+            for a in annotations}
+
+
 def test_coco_panoptic_training_and_pq_evaluation(tmp_path):
-    make_synthetic("coco_panoptic", str(tmp_path / "coco"), num_images=2, size=32, seed=0)
+    make_synthetic("coco_panoptic", str(tmp_path / "coco"), num_images=4, size=32, seed=0, num_val=3)
     out = tmp_path / "pan"
     cmd = train_cmd(tmp_path / "coco", out, "--max-iter", "2", "--batch-size", "2", *TINY)
     cmd[cmd.index("ade20k")] = "coco_panoptic"
@@ -154,10 +162,23 @@ def test_coco_panoptic_training_and_pq_evaluation(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = records(out, "PQ")[-1]
     assert set(final) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} and 0.0 <= final["PQ"] <= 100.0
-    with open(out / "eval" / "panoptic_predictions.json") as f:
-        predictions = json.load(f)["annotations"]
-    assert len(predictions) == 1 and all(s["category_id"] in (1, 3, 18, 187, 193, 199)
-                                         for p in predictions for s in p["segments_info"])
+    single = _panoptic_predictions(out)
+    assert len(single) == 3 and all(s["category_id"] in (1, 3, 18, 187, 193, 199)
+                                    for segments, _ in single.values() for s in segments)
+
+    # Two ranks split the 3 images 2 + 1, rank 0 gathers and scores: the same predictions
+    # (segments and PNGs) and metrics as the single process.
+    ddp = tmp_path / "pan_ddp"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534")
+    cmd = train_cmd(tmp_path / "coco", ddp, "--eval-only", "--weights", CheckpointManager(str(out)).latest(), *TINY,
+                    launcher=launcher)
+    cmd[cmd.index("ade20k")] = "coco_panoptic"
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _panoptic_predictions(ddp) == single
+    gathered = records(ddp, "PQ")[-1]
+    assert {k: gathered[k] for k in final if k.startswith(("PQ", "SQ", "RQ"))} == \
+        {k: v for k, v in final.items() if k.startswith(("PQ", "SQ", "RQ"))}
 
 
 def test_torchrun_two_ranks_stay_identical(data, tmp_path):
