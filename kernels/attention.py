@@ -18,10 +18,14 @@ not meaningful (the NaN output poisons them).
 
 Dropout on the attention weights uses Triton's Philox counter RNG: the keep decision of
 element (b*h, i, j) is ``tl.rand(seed, (bh * Lq + i) * Lk + j) >= p`` in the forward and
-regenerated identically in both backward kernels, so no mask is stored. The seed is drawn
-from torch's CPU generator (``torch.manual_seed`` makes it reproducible). The counter
-is 32-bit: above 2^32 score elements per call the streams wrap (still a valid dropout,
-with correlated masks).
+regenerated identically in both backward kernels, so no mask is stored. The seed is a
+one-element tensor drawn from the inputs' device generator (``torch.manual_seed`` makes it
+reproducible) and read by the kernels: no host sync, and nothing for torch.compile to break
+on. The counter is 32-bit: above 2^32 score elements per call the streams wrap (still a
+valid dropout, with correlated masks).
+
+The launchers are custom ops (``kernels/_library.py``): under torch.compile each launch is one
+opaque graph node.
 
 Precision: fp16 / bf16 inputs use tensor-core dots with fp32 accumulation; fp32 inputs use
 3xTF32 dots (tensor cores, close to fp32 accuracy; plain fp32 "ieee" dots need ~2x the
@@ -29,12 +33,13 @@ registers and shared memory); fp64 (gradcheck through the interpreter) is exact 
 accumulates in fp64.
 """
 import math
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
 import triton.language as tl
 
+from ._library import launcher_op
 from ._settings import compile_config, tl_dtype, triton_type
 
 __all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "COMPILE_CONFIGS"]
@@ -66,10 +71,10 @@ def _launch_config(head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
 
 
 @triton.jit
-def _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
+def _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p):
     """Keep decision [BLOCK_M, BLOCK_N] of the dropout on attention weights (same in fwd and bwd)."""
     counter = (bh * Lq + offs_m)[:, None] * Lk + offs_n[None, :]
-    return tl.rand(seed, counter) >= dropout_p
+    return tl.rand(tl.load(seed_ptr), counter) >= dropout_p
 
 
 @triton.jit
@@ -86,7 +91,7 @@ def _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK: tl.constexpr):
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn,
-                     H, Lq, Lk, qk_scale, dropout_p, seed,
+                     H, Lq, Lk, qk_scale, dropout_p, seed_ptr,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                      PRECISION: tl.constexpr):
@@ -118,7 +123,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            keep = _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p)
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
@@ -135,7 +140,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
 def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr, mask_ptr,
                         stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                         stride_vb, stride_vh, stride_vn,
-                        H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed,
+                        H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed_ptr,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                         PRECISION: tl.constexpr):
@@ -169,7 +174,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, del
         p = tl.where(key_valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            keep = _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p)
             dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION, out_dtype=ACC)
@@ -180,7 +185,7 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, del
 def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, mask_ptr,
                           stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn,
-                          H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed,
+                          H, Lq, Lk, qk_scale, sm_scale, dropout_p, seed_ptr,
                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                           PRECISION: tl.constexpr):
@@ -214,7 +219,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, 
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
         p_dropped = p
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            keep = _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p)
             p_dropped = tl.where(keep, p / (1.0 - dropout_p), 0.0)
             dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         dv += tl.dot(tl.trans(p_dropped.to(do.dtype)), do, input_precision=PRECISION, out_dtype=ACC)
@@ -227,25 +232,27 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, 
 
 
 @triton.jit
-def _dropout_keep_mask_kernel(keep_ptr, Lq, Lk, dropout_p, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_keep_mask_kernel(keep_ptr, Lq, Lk, dropout_p, seed_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The keep mask [B*h, Lq, Lk] the attention kernels draw for this seed (for tests and debugging)."""
     bh = tl.program_id(2)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _dropout_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+    keep = _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p)
     inside = (offs_m < Lq)[:, None] & (offs_n < Lk)[None, :]
     offsets = (bh.to(tl.int64) * Lq + offs_m)[:, None] * Lk + offs_n[None, :]
     tl.store(keep_ptr + offsets, keep.to(tl.int8), mask=inside)
 
 
-def draw_seed() -> int:
-    """The Philox seed of one dropout call, from torch's CPU generator (no GPU sync)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+def draw_seed(device=None) -> torch.Tensor:
+    """The Philox seed of one dropout call: int64 [1] on ``device``, from its generator."""
+    return torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
 
 
-def dropout_keep_mask(seed: int, batch_heads: int, Lq: int, Lk: int, dropout_p: float, device=None) -> torch.Tensor:
+def dropout_keep_mask(seed: Union[int, torch.Tensor], batch_heads: int, Lq: int, Lk: int, dropout_p: float,
+                      device=None) -> torch.Tensor:
     """bool [batch_heads, Lq, Lk]: which attention weights a call with this seed keeps."""
     keep = torch.empty(batch_heads, Lq, Lk, dtype=torch.int8, device=device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=keep.device).reshape(1)
     grid = (triton.cdiv(Lq, 32), triton.cdiv(Lk, 32), batch_heads)
     _dropout_keep_mask_kernel[grid](keep, Lq, Lk, float(dropout_p), seed, BLOCK_M=32, BLOCK_N=32)
     return keep.bool()
@@ -270,45 +277,71 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _forward_fake(q, k, v, ignore, scale, dropout_p, seed):
+    B, H, Lq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty(B * H, Lq, dtype=_acc_dtype(q))
+
+
+@launcher_op("attention_fwd", _forward_fake)
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ignore: Optional[torch.Tensor], scale: float,
+             dropout_p: float, seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(o [B, h, Lq, d] contiguous, base-2 logsumexp [B*h, Lq]); seed is read only when dropout_p > 0."""
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=False)
+    o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
+    lse = torch.empty(B * H, Lq, device=q.device, dtype=_acc_dtype(q))
+    grid = (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)
+    # pointers a kernel does not read (no mask, no dropout) get any tensor
+    _attn_fwd_kernel[grid](q, k, v, o, lse, q if ignore is None else ignore, *_strides(q, k, v), H, Lq, Lk,
+                           scale * LOG2E, dropout_p, q if seed is None else seed, **meta)
+    return o, lse
+
+
+def _backward_fake(do, q, k, v, o, lse, ignore, scale, dropout_p, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@launcher_op("attention_bwd", _backward_fake)
+def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+              lse: torch.Tensor, ignore: Optional[torch.Tensor], scale: float, dropout_p: float,
+              seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), contiguous: the dq kernel (which also stores rowsum(dO * O)), then dk/dv."""
+    B, H, Lq, d = q.shape
+    Lk = k.shape[2]
+    do = do.contiguous()
+    dq = torch.empty_like(o)
+    dk = torch.empty(B, H, Lk, d, device=k.device, dtype=k.dtype)
+    dv = torch.empty_like(dk)
+    delta = torch.empty_like(lse)
+    args = (q if ignore is None else ignore, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E, scale, dropout_p,
+            q if seed is None else seed)
+    meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=True)
+    _attn_bwd_dq_kernel[(triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](q, k, v, o, do, dq, lse, delta, *args, **meta)
+    _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](q, k, v, do, dk, dv, lse, delta, *args,
+                                                                     **meta)
+    return dq, dk, dv
+
+
 class AttentionFunction(torch.autograd.Function):
     """o = dropout(softmax(q k^T * scale, keys ignored where ignore != 0)) v.
 
     q: [B, h, Lq, d], k, v: [B, h, Lk, d] (unit last stride), ignore: uint8 [B, Lk] or None,
-    seed: the Philox seed of the dropout mask. Saves q, k, v, o and the logsumexp [B*h, Lq].
+    seed: int64 [1], the Philox seed of the dropout mask (None without dropout). Saves q, k, v,
+    o and the logsumexp [B*h, Lq].
     """
 
     @staticmethod
     def forward(ctx, q, k, v, ignore, scale, dropout_p, seed):
-        B, H, Lq, d = q.shape
-        Lk = k.shape[2]
-        meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=False)
-        mask_arg = q if ignore is None else ignore
-        o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
-        lse = torch.empty(B * H, Lq, device=q.device, dtype=_acc_dtype(q))
-        grid = (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)
-        _attn_fwd_kernel[grid](q, k, v, o, lse, mask_arg, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E,
-                               dropout_p, seed, **meta)
-        ctx.save_for_backward(q, k, v, o, lse, ignore)
-        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
+        o, lse = _forward(q, k, v, ignore, scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, o, lse, ignore, seed)
+        ctx.scale, ctx.dropout_p = scale, dropout_p
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, ignore = ctx.saved_tensors
-        B, H, Lq, d = q.shape
-        Lk = k.shape[2]
-        do = do.contiguous()
-        mask_arg = q if ignore is None else ignore
-        dq = torch.empty_like(o)
-        dk = torch.empty(B, H, Lk, d, device=k.device, dtype=k.dtype)
-        dv = torch.empty_like(dk)
-        delta = torch.empty_like(lse)
-        args = (*_strides(q, k, v), H, Lq, Lk, ctx.scale * LOG2E, ctx.scale, ctx.dropout_p, ctx.seed)
-        meta = _meta(q, ignore is not None, ctx.dropout_p > 0.0, backward=True)
-        _attn_bwd_dq_kernel[(triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](
-            q, k, v, o, do, dq, lse, delta, mask_arg, *args, **meta)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](
-            q, k, v, do, dk, dv, lse, delta, mask_arg, *args, **meta)
+        q, k, v, o, lse, ignore, seed = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ignore, ctx.scale, ctx.dropout_p, seed)
         return dq, dk, dv, None, None, None, None
 
 
@@ -354,7 +387,7 @@ def attention(
     _check_inputs(q, k, v, key_padding_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     ignore = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
-    seed = draw_seed() if dropout_p > 0.0 else 0
+    seed = draw_seed(q.device) if dropout_p > 0.0 else None
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     return AttentionFunction.apply(q, k, v, ignore, scale, float(dropout_p), seed)
 
@@ -377,7 +410,7 @@ def _compile_configs():
         types = {name: f"*{t}" for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr",
                                             "dv_ptr")}
         types.update(lse_ptr="*fp32", delta_ptr="*fp32", mask_ptr="*u8", qk_scale="fp32", sm_scale="fp32",
-                     dropout_p="fp32", seed="i32")
+                     dropout_p="fp32", seed_ptr="*i64")
         types.update({name: "i32" for name in ("H", "Lq", "Lk", "stride_qb", "stride_qh", "stride_qm",
                                                "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                                                "stride_vn")})
@@ -388,7 +421,7 @@ def _compile_configs():
                 warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
                 configs += [compile_config(fn, types, meta, warps, stages) for fn in fns]
     configs.append(compile_config(_dropout_keep_mask_kernel, {"keep_ptr": "*i8", "Lq": "i32", "Lk": "i32",
-                                                              "dropout_p": "fp32", "seed": "i32"},
+                                                              "dropout_p": "fp32", "seed_ptr": "*i64"},
                                   dict(BLOCK_M=32, BLOCK_N=32)))
     return configs
 

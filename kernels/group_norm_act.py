@@ -27,12 +27,13 @@ itself) writes dx. dweight / dbias are those per-(n, c) sums summed over n.
 Layouts: x contiguous (NCHW) or channels_last, read through its strides (Triton specialises
 the unit stride, so either layout gets contiguous vector loads); y keeps x's layout.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ._library import launcher_op
 from ._settings import block_and_warps, compile_config, next_power_of_2, tl_dtype, triton_type
 
 __all__ = ["group_norm_act", "supports", "COMPILE_CONFIGS"]
@@ -213,10 +214,14 @@ def _acc_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself when contiguous or channels_last, else a contiguous copy (the kernels' layouts)."""
+    return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
+
+
 def _layout(x: torch.Tensor, num_groups: int):
     """(x contiguous or channels_last, (stride_n, stride_c, stride_pixel), schedule, accumulator dtype)."""
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        x = x.contiguous()
+    x = _dense(x)
     N, C, H, W = x.shape
     sn, sc, sh, sw = x.stride()
     # the H*W pixels walk with one stride in both layouts (sh = W * sw); with W = 1, sw is arbitrary
@@ -247,7 +252,16 @@ def _check_inputs(x, num_groups, weight, bias, eps, activation):
         raise ValueError(f"group_norm_act: eps must be > 0, got {eps}")
 
 
-def _forward(x, num_groups, weight, bias, eps, relu):
+def _forward_fake(x, weight, bias, num_groups, eps, relu):
+    acc = _acc_dtype(x)
+    return (torch.empty_like(_dense(x)), x.new_empty(x.shape[0] * num_groups, dtype=acc),
+            x.new_empty(x.shape[0] * num_groups, dtype=acc))
+
+
+@launcher_op("group_norm_act_fwd", _forward_fake)
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
+             relu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) of x, a [N, C, H, W] tensor in either kernel layout; mean and rstd [N * G]."""
     x, (sn, sc, sp), s, acc = _layout(x, num_groups)
     N, C, H, W = x.shape
     HW, G, cpg = H * W, num_groups, C // num_groups
@@ -271,7 +285,15 @@ def _forward(x, num_groups, weight, bias, eps, relu):
     return y, mean, rstd
 
 
-def _backward(dy, x, weight, bias, mean, rstd, num_groups, relu):
+def _backward_fake(dy, x, weight, bias, mean, rstd, num_groups, relu):
+    C = x.shape[1]
+    return (torch.empty_like(_dense(x)), x.new_empty(C, dtype=_acc_dtype(x)), x.new_empty(C, dtype=_acc_dtype(x)))
+
+
+@launcher_op("group_norm_act_bwd", _backward_fake)
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+              rstd: torch.Tensor, num_groups: int, relu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias), the last two [C] in the accumulator dtype."""
     x, (sn, sc, sp), s, acc = _layout(x, num_groups)
     N, C, H, W = x.shape
     HW, G, cpg = H * W, num_groups, C // num_groups
@@ -302,7 +324,7 @@ class GroupNormActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, num_groups, eps, activation):
         relu = activation == "relu"
-        y, mean, rstd = _forward(x, num_groups, weight, bias, eps, relu)
+        y, mean, rstd = _forward(x, weight, bias, num_groups, eps, relu)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.num_groups, ctx.relu = num_groups, relu
         return y

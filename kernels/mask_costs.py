@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
+from ._library import launcher_op
 from ._settings import CompileConfig, next_power_of_2
 
 __all__ = ["mask_costs", "supports", "COMPILE_CONFIGS"]
@@ -163,17 +164,14 @@ def supports(pred_masks, target_masks, *args, **kwargs) -> bool:
             and target_masks.dtype in (torch.bool, torch.uint8, torch.float32, torch.float16, torch.bfloat16))
 
 
-def mask_costs(
-    pred_masks: torch.Tensor,
-    target_masks: torch.Tensor,
-    num_targets: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise (focal_cost, dice_cost), each float32 [B, Q, Kmax]; columns k >= num_targets are 0.
+def _mask_costs_fake(pred_masks, target_masks, num_targets):
+    shape = (pred_masks.shape[0], pred_masks.shape[1], target_masks.shape[1])
+    return pred_masks.new_empty(shape, dtype=torch.float32), pred_masks.new_empty(shape, dtype=torch.float32)
 
-    pred_masks: logits [B, Q, h, w] (fp32/fp16/bf16); target_masks: {0,1} [B, Kmax, h, w]
-    (bool/uint8/float, any strides over B and Kmax); num_targets: int [B].
-    """
-    _check_inputs(pred_masks, target_masks, num_targets)
+
+@launcher_op("mask_costs", _mask_costs_fake)
+def _mask_costs(pred_masks: torch.Tensor, target_masks: torch.Tensor,
+                num_targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     B, Q, h, w = pred_masks.shape
     K = target_masks.shape[1]
     P = h * w
@@ -200,6 +198,20 @@ def mask_costs(
         BLOCK_Q=_BLOCK_Q, BLOCK_K=block_k, BLOCK_P=_BLOCK_P, num_warps=_NUM_WARPS,
     )
     return focal, dice
+
+
+def mask_costs(
+    pred_masks: torch.Tensor,
+    target_masks: torch.Tensor,
+    num_targets: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise (focal_cost, dice_cost), each float32 [B, Q, Kmax]; columns k >= num_targets are 0.
+
+    pred_masks: logits [B, Q, h, w] (fp32/fp16/bf16); target_masks: {0,1} [B, Kmax, h, w]
+    (bool/uint8/float, any strides over B and Kmax); num_targets: int [B].
+    """
+    _check_inputs(pred_masks, target_masks, num_targets)
+    return _mask_costs(pred_masks, target_masks, num_targets)
 
 
 def _compile_configs():

@@ -39,6 +39,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
+from ._library import launcher_op
 from ._settings import CompileConfig
 
 __all__ = ["mask_losses", "supports", "COMPILE_CONFIGS"]
@@ -242,6 +243,11 @@ def _readable_target(target_masks: torch.Tensor) -> torch.Tensor:
     return target_masks.view(torch.uint8) if target_masks.dtype == torch.bool else target_masks
 
 
+def _forward_fake(pred_masks, target_masks):
+    return pred_masks.new_empty(pred_masks.shape[0], 4, dtype=torch.float32)
+
+
+@launcher_op("mask_losses_fwd", _forward_fake)
 def mask_losses_forward(pred_masks: torch.Tensor, target_masks: torch.Tensor) -> torch.Tensor:
     """Per-mask totals, float32 [M, 4]: (sum of focal loss, sum s*t, sum s, sum t) over H x W."""
     M, h, w = pred_masks.shape
@@ -259,6 +265,11 @@ def mask_losses_forward(pred_masks: torch.Tensor, target_masks: torch.Tensor) ->
     return partial.sum(1)
 
 
+def _backward_fake(pred_masks, target_masks, coef):
+    return pred_masks.new_empty(pred_masks.shape)
+
+
+@launcher_op("mask_losses_bwd", _backward_fake)
 def mask_losses_backward(pred_masks: torch.Tensor, target_masks: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """grad wrt pred_masks [M, h, w] (pred dtype), given the per-mask coefficients [M, 3]."""
     M, h, w = pred_masks.shape

@@ -131,8 +131,9 @@ class MaskFormer(nn.Module):
             raise ValueError(f"images must be a floating dtype (normalised), got {images.dtype}")
         if images.numel() == 0:
             raise ValueError(f"images must not be empty, got shape {tuple(images.shape)}")
-        # meta tensors (parameter/FLOP counting) have no values to check
-        if not images.is_meta and not torch.isfinite(images).all():
+        # Meta tensors (parameter/FLOP counting) have no values to check. Under torch.compile the
+        # check is left out: a data-dependent branch would split the graph and sync every step.
+        if not images.is_meta and not torch.compiler.is_compiling() and not torch.isfinite(images).all():
             raise ValueError("images contain NaN or infinite values")
 
     def pad_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,12 @@ Choice per call, in order:
 reference otherwise. "triton" forces the kernel (on CPU tensors it then needs
 ``TRITON_INTERPRET=1``, which is how the tests run it without a GPU). A kernel may decline
 a call it does not support (``kernel.supports(...)`` returning False, e.g. attention with
-dropout), in which case the reference runs; that is the dispatch's decision, made here.
+a head dim it has no block configuration for), in which case the reference runs; that is the
+dispatch's decision, made here. torch.compile traces this choice (it is made per call from
+shapes, dtypes and devices, so it is fixed per graph) and the kernel behind it as one opaque
+custom op (``kernels/_library.py``).
 """
 import contextlib
-import importlib
 import os
 import threading
 from typing import Iterator, Optional
@@ -27,14 +29,6 @@ __all__ = ["use", "current_mode", "resolve", "group_norm_act", "attention", "mas
 _MODES = ("auto", "eager", "triton")
 ENV_VAR = "MASKFORMER_FAST_OPS"
 _state = threading.local()
-
-# op name -> module under maskformer_fast.kernels that provides a function of that name
-_KERNEL_MODULES = {
-    "group_norm_act": "group_norm_act",
-    "attention": "attention",
-    "mask_costs": "mask_costs",
-    "mask_losses": "mask_losses",
-}
 
 
 def _check_mode(mode: str) -> str:
@@ -65,11 +59,15 @@ def use(mode: str) -> Iterator[None]:
 
 
 def _kernel_module(op: str):
-    """The kernel module for op, or None when Triton cannot be imported here."""
+    """The kernel module providing op (a function of that name), or None when Triton does not
+    import here. An import statement, not importlib: torch.compile traces this function, and
+    Dynamo executes import statements but refuses to trace importlib."""
     try:
-        return importlib.import_module(f"maskformer_fast.kernels.{_KERNEL_MODULES[op]}")
+        from .kernels import attention, group_norm_act, mask_costs, mask_losses
     except ImportError:
         return None
+    return {"group_norm_act": group_norm_act, "attention": attention, "mask_costs": mask_costs,
+            "mask_losses": mask_losses}[op]
 
 
 def resolve(op: str, *tensors: Optional[torch.Tensor], **kwargs):

@@ -132,11 +132,11 @@ def test_dropout_matches_reference_with_the_same_mask(launch_config):
     q, k, v = _inputs(2, 2, 70, 37, 32)
     ignore = _padding_mask(2, 37)
     torch.manual_seed(123)
-    seed = attn.draw_seed()
+    seed = attn.draw_seed(q.device)
     torch.manual_seed(123)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     out = attn.attention(q, k, v, key_padding_mask=ignore, dropout_p=p)
-    keep = attn.dropout_keep_mask(seed, 4, 70, 37, p)
+    keep = attn.dropout_keep_mask(seed, 4, 70, 37, p, device=q.device)
     want = _dropout_reference(q, k, v, keep, p, ignore)
     assert_close_verbose(out, want, rtol=1e-10, atol=1e-10, name="out")
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)

@@ -1,0 +1,34 @@
+"""Kernel launchers as torch custom ops, so torch.compile sees each launch as one opaque node.
+
+Traced by Dynamo, a launcher's Python (allocations, grid arithmetic, a Triton launch, and
+under ``TRITON_INTERPRET=1`` the interpreter itself) either breaks the graph or fails. As a
+``torch.library.custom_op`` with a fake (shape-only) implementation the launch is one node
+of the graph, in forward and, called from an ``autograd.Function``'s backward, in backward.
+
+Outside tracing the launcher runs directly: the dispatcher's per-call overhead buys nothing
+in eager mode, where the decoder makes dozens of small attention and GroupNorm calls.
+"""
+from typing import Callable
+
+import torch
+
+__all__ = ["launcher_op"]
+
+NAMESPACE = "maskformer_fast"
+
+
+def launcher_op(name: str, fake: Callable) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the custom op ``maskformer_fast::name`` (no input mutated,
+    ``fake`` its shape function) and return a callable that is ``fn`` in eager mode and the
+    op while torch.compile traces. The op itself is the returned callable's ``.op``."""
+    def register(fn: Callable) -> Callable:
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", fn, mutates_args=())
+        op.register_fake(fake)
+
+        def call(*args):
+            return op(*args) if torch.compiler.is_compiling() else fn(*args)
+
+        call.op = op
+        call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+        return call
+    return register
