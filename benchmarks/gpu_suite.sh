@@ -28,9 +28,13 @@ if ls .whl/torch_linear_assignment-*.whl >/dev/null 2>&1; then
   $py -m pip install -q --no-deps .whl/torch_linear_assignment-*.whl >>"$log" 2>&1 || echo "its install failed" | tee -a "$log"
 fi
 
-step "GPU correctness tests (kernels on CUDA vs eager; bf16/fp16 tolerances; whole model fast vs eager)"
-# bounded: a kernel that hangs on the GPU (a barrier mismatch, say) must not eat the whole call
-timeout 300 $py -m pytest -q -m gpu tests tests/parity/test_fast_vs_eager.py -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
+# Each bounded: a kernel that hangs on the GPU (a barrier mismatch, say) must not eat the whole call.
+step "GPU correctness tests (gpu-marked: kernels on CUDA vs eager, bf16/fp16 tolerances, matcher, memory)"
+timeout 240 $py -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee -a "$log" | tail -5
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+step "device-aware tests on CUDA (whole model fast vs eager; torch.compile through the kernel ops)"
+timeout 240 $py -m pytest -q tests/parity/test_fast_vs_eager.py tests/test_compile.py -p no:cacheprovider 2>&1 \
+  | tee -a "$log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 jsons=()
