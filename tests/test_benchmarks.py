@@ -1,0 +1,65 @@
+"""Every benchmark script runs and writes its JSON (as benchmarks/gpu_suite.sh calls it).
+
+On this CPU machine they run tiny shapes, kernels through the interpreter: no speed is
+compared here (timings are benchmarks' business), but each script must produce a row per
+implementation, and the numbers the scripts check side by side must agree.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# script -> the (op, impl) rows it must write on a CPU machine
+EXPECTED = {
+    "bench_group_norm_act": {(op, impl) for op in ("group_norm_relu fwd", "group_norm_relu fwd+bwd")
+                             for impl in ("eager", "triton")},
+    "bench_attention": {(op, impl) for op in ("attention fwd", "attention fwd+bwd") for impl in ("sdpa", "eager", "triton")},
+    "bench_mask_costs": {("mask_costs", impl) for impl in ("official loop", "eager batched", "triton")},
+    "bench_mask_losses": {(op, impl) for op in ("mask_losses fwd", "mask_losses fwd+bwd")
+                          for impl in ("eager", "triton", "triton f-tgt")},
+    "bench_matching": {("assignment", "scipy loop"), ("matcher step", "official"), ("matcher step", "ours")},
+    "bench_model": {("model_forward", "eager"), ("model_train_step", "eager")},
+}
+
+
+def _run(script, tmp_path, *args):
+    out = tmp_path / f"{script}.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)  # each script sets it itself when there is no GPU
+    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", f"{script}.py"), "--json", str(out),
+                             *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out) as f:
+        data = json.load(f)
+    assert {"device", "torch", "triton", "date"} <= set(data["meta"])
+    for row in data["rows"]:
+        assert row["ms"] > 0 and math.isfinite(row["ms"]) or "failed" in row["extra"], row
+    return data["rows"]
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_script_writes_every_implementation(script, tmp_path):
+    rows = _run(script, tmp_path)
+    assert EXPECTED[script] <= {(r["op"], r["impl"]) for r in rows}
+    if script == "bench_mask_costs":
+        assert all(float(r["extra"]["max|triton-eager|"]) < 1e-5 for r in rows if r["impl"] == "triton")
+    if script == "bench_matching":
+        solvers = [r for r in rows if r["op"] == "assignment" and r["impl"].startswith("cpu C++")]
+        assert solvers, "the C++ backend is built by setup.sh: it must be benchmarked"
+
+
+def test_tune_kernels_checks_every_candidate(tmp_path):
+    rows = _run("tune_kernels", tmp_path)
+    kernels = {r["op"] for r in rows}
+    assert {"group_norm_act fwd+bwd", "attention fwd", "attention fwd+bwd (bwd config)", "mask_costs",
+            "mask_losses fwd", "mask_losses fwd+bwd (bwd config)", "hungarian (gpu matcher)"} == kernels
+    for kernel in kernels:
+        mine = [r for r in rows if r["op"] == kernel]
+        assert sum(r["impl"] == "shipped" for r in mine) == 1 and len(mine) == 3, kernel
+    # every candidate agreed with the shipped configuration (a failure would be reported in the row)
+    assert not [r for r in rows if "failed" in r["extra"]]
