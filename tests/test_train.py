@@ -99,25 +99,34 @@ def test_checkpoint_manager_keeps_last_n(tmp_path):
         load_model_weights(str(tmp_path / "broken.pth"))
 
 
+def _unbroken_losses(data, out, common):
+    """The per-iteration losses of an uninterrupted run (the reference for interrupted ones)."""
+    subprocess.run(train_cmd(data, out, *common), check=True, env=env(), capture_output=True, timeout=300)
+    return [r["loss"] for r in records(out)]
+
+
+def _start_and_wait(cmd, out, iterations):
+    """Popen(cmd) once its metrics log holds `iterations` training records (stderr piped)."""
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (os.path.exists(out / "metrics.jsonl") and len(records(out)) >= iterations):
+        assert proc.poll() is None and time.time() < deadline, "training ended before the signal"
+        time.sleep(0.05)
+    return proc
+
+
 def test_kill_and_resume_reproduces_losses(data, tmp_path):
     common = ["--max-iter", "8", "--batch-size", "2", "--crop", "32", "--checkpoint-period", "3",
               "--eval-period", "0", "--deterministic", *TINY]
     full = tmp_path / "full"
-    subprocess.run(train_cmd(data, full, *common), check=True, env=env(), capture_output=True, timeout=300)
-    expected = [r["loss"] for r in records(full)]
+    expected = _unbroken_losses(data, full, common)
     assert [r["iter"] for r in records(full)] == list(range(1, 9))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(data, killed, *common), env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill after iteration 5 (checkpoint at 3, two iterations past it)
-        if os.path.exists(killed / "metrics.jsonl") and len(records(killed)) >= 5:
-            break
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.05)
+    # killed after iteration 5 (checkpoint at 3, two iterations past it)
+    proc = _start_and_wait(train_cmd(data, killed, *common), killed, 5)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert len(records(killed)) < 8
     assert CheckpointManager(str(killed)).latest().endswith(("model_0000003.pth", "model_0000006.pth"))
     subprocess.run(train_cmd(data, killed, *common, "--resume"), check=True, env=env(), capture_output=True,
@@ -126,6 +135,28 @@ def test_kill_and_resume_reproduces_losses(data, tmp_path):
     assert [r["iter"] for r in resumed] == list(range(1, 9))
     assert [r["loss"] for r in resumed] == expected  # bit-exact on CPU
     assert records(killed, "mIoU")[-1]["mIoU"] == records(full, "mIoU")[-1]["mIoU"]
+
+
+def test_sigterm_checkpoints_at_the_iteration_end_and_resume_continues(data, tmp_path):
+    # A preempted job (SIGTERM, as SLURM sends) keeps its last iterations: the checkpoint is the
+    # iteration it was in, not the last periodic one, and the resumed run equals an unbroken one.
+    common = ["--max-iter", "6", "--batch-size", "2", "--crop", "32", "--checkpoint-period", "100",
+              "--eval-period", "0", "--deterministic", *TINY]
+    expected = _unbroken_losses(data, tmp_path / "full", common)
+
+    stopped = tmp_path / "stopped"
+    proc = _start_and_wait(train_cmd(data, stopped, *common), stopped, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    done = records(stopped, "stopped_by")[-1]
+    assert done["stopped_by"] == "SIGTERM" and 2 <= done["iter"] < 6
+    assert [r["iter"] for r in records(stopped)] == list(range(1, done["iter"] + 1))
+    assert CheckpointManager(str(stopped)).latest().endswith(f"model_{done['iter']:07d}.pth")
+
+    subprocess.run(train_cmd(data, stopped, *common, "--resume"), check=True, env=env(), capture_output=True,
+                   timeout=300)
+    assert [r["loss"] for r in records(stopped)] == expected  # bit-exact on CPU
 
 
 def test_eval_only_and_errors(data, tmp_path):

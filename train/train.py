@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -41,6 +42,7 @@ from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E4
 from train.checkpoint import CheckpointManager, load_model_weights, rng_state, set_rng_state  # noqa: E402
 from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
 from train.make_synthetic import id_to_rgb, make_synthetic  # noqa: E402
+from train.preemption import StopRequest, ignore_stop_signals  # noqa: E402
 from train.solver import build_optimizer, build_scheduler  # noqa: E402
 from train.transforms import EvalMapper, PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
 
@@ -197,7 +199,8 @@ def build_train_loader(dataset: SegmentationDataset, cfg, seed: int, d: Dist, pe
         batch_size=per_rank_batch, num_workers=num_workers,
         collate_fn=functools.partial(collate_train, pixel_mean=cfg.pixel_mean, pixel_std=cfg.pixel_std),
         # its own generator: creating the iterator must not consume the global torch RNG
-        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals)
     return iter(loader)
 
 
@@ -469,41 +472,54 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
         log = progress.write
     model.train()
     results: Dict[str, float] = {}
-    for iteration in range(start_iter, cfg.max_iter):
-        t0 = time.perf_counter()
-        images, targets, (epoch, pos) = next(data)
-        images = images.to(device, non_blocking=True)
-        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with amp_ctx():
-            out = train_model(images)
-            losses = model.criterion(out, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration + 1}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
-        lr = optimizer.param_groups[-1]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if cfg.clip_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+    stopped_by = None
+    with StopRequest() as stop:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the end of the iteration, exit
+        for iteration in range(start_iter, cfg.max_iter):
+            t0 = time.perf_counter()
+            images, targets, (epoch, pos) = next(data)
+            images = images.to(device, non_blocking=True)
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            with amp_ctx():
+                out = train_model(images)
+                losses = model.criterion(out, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration + 1}: "
+                                         + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+            lr = optimizer.param_groups[-1]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if cfg.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
 
-        done = iteration + 1
-        names = sorted(losses)
-        reduced = all_reduce_mean(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
-        record = {"iter": done, "loss": float(sum(reduced)), "lr": lr, **dict(zip(names, reduced)),
-                  "time": time.perf_counter() - t0}
-        metrics.write(record, "train")
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
-        if done % args.checkpoint_period == 0 or done == cfg.max_iter:
-            checkpoint(done, {"epoch": epoch, "index": pos + 1})
-        if (args.eval_period > 0 and done % args.eval_period == 0) or done == cfg.max_iter:
-            results = run_eval(done)
+            done = iteration + 1
+            names = sorted(losses)
+            # the stop flag rides on the loss all-reduce: every rank stops after the same iteration
+            flags = torch.tensor([float(stop.requested)], device=device)
+            reduced = all_reduce_mean(torch.cat([torch.stack([losses[k].detach().float() for k in names]), flags]),
+                                      d).tolist()
+            stopping = reduced.pop() > 0
+            record = {"iter": done, "loss": float(sum(reduced)), "lr": lr, **dict(zip(names, reduced)),
+                      "time": time.perf_counter() - t0}
+            metrics.write(record, "train")
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+            if done % args.checkpoint_period == 0 or done == cfg.max_iter:
+                checkpoint(done, {"epoch": epoch, "index": pos + 1})
+            if (args.eval_period > 0 and done % args.eval_period == 0) or done == cfg.max_iter:
+                results = run_eval(done)
+            if stopping and done < cfg.max_iter:
+                if done % args.checkpoint_period:
+                    checkpoint(done, {"epoch": epoch, "index": pos + 1})
+                stopped_by = stop.name or "a signal on another rank"
+                metrics.write({"iter": done, "stopped_by": stopped_by}, "stop")
+                log(f"stopped by {stopped_by} after iteration {done}: checkpoint saved, continue with --resume")
+                break
     if progress is not None:
         progress.close()
     if d.world > 1:  # DDP keeps replicas identical; verify it once at the end
@@ -517,6 +533,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
         print("final " + ", ".join(f"{k} {v:.2f}" for k, v in results.items())
               + f" after {cfg.max_iter} iterations; output in {args.output}")
     metrics.close()
+    if stopped_by is not None:  # not finished: 128 + signal number, as if the signal had ended it
+        raise SystemExit(128 + (stop.signum or signal.SIGTERM))
     return results
 
 
