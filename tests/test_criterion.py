@@ -232,6 +232,21 @@ def test_num_masks_all_reduced_when_distributed(tmp_path):
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
+def test_num_masks_is_the_mean_over_processes(monkeypatch):
+    """Two processes with 5 and 7 targets both normalise by 6 (the official criterion's mean)."""
+    import torch.distributed as dist
+
+    def all_reduce(tensor):  # the other process contributes 7 targets
+        tensor += 7.0
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    crit = MaskFormerCriterion(num_classes=4)
+    assert crit._num_masks([2, 3], torch.device("cpu")) == 6.0
+    assert crit._num_masks([0], torch.device("cpu")) == 3.5
+
+
 def test_aux_loss_keys():
     outputs, targets = make_batch((2,), num_aux=5)
     losses = MaskFormerCriterion(num_classes=4)(outputs, targets)

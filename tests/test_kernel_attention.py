@@ -76,6 +76,16 @@ def test_key_padding_mask_matches_reference(launch_config, shape):
     _check(*_inputs(*shape), ignore=_padding_mask(B, Lk))
 
 
+def test_leading_key_blocks_all_ignored(launch_config):
+    # Whole key blocks (BLOCK_N = 16 or 64) ignored before the first kept key: the running max
+    # stays -inf across them, which must give weights 0, not NaN, once a key is kept.
+    q, k, v = _inputs(2, 2, 9, 150, 32)
+    ignore = torch.zeros(2, 150, dtype=torch.bool)
+    ignore[0, :70] = True
+    ignore[1, :130] = True
+    _check(q, k, v, ignore=ignore)
+
+
 def test_explicit_scale_and_strided_inputs():
     # q, k, v as the decoder makes them: [B, L, h, d] permuted to [B, h, L, d] (not contiguous)
     g = torch.Generator().manual_seed(3)
@@ -145,11 +155,16 @@ def test_dropout_matches_reference_with_the_same_mask(launch_config):
         assert_close_verbose(got, ref, rtol=1e-10, atol=1e-10, name=name)
 
 
-def test_dropout_keep_mask_rate_and_seed():
+def test_dropout_keep_mask_rate_seed_and_independence():
     keep = attn.dropout_keep_mask(7, 4, 64, 64, 0.25)
     assert abs(keep.float().mean().item() - 0.75) < 0.02
     assert torch.equal(keep, attn.dropout_keep_mask(7, 4, 64, 64, 0.25))
     assert not torch.equal(keep, attn.dropout_keep_mask(8, 4, 64, 64, 0.25))
+    # Masks of different (batch, head) pairs, and of neighbouring rows across them, agree as two
+    # independent draws do: p^2 + (1-p)^2 = 0.625 (a counter that ignored b*h, or streams that
+    # overlapped, would agree everywhere). 4096 pairs each: 0.03 is 4 standard deviations.
+    for a, b in [(keep[0], keep[1]), (keep[2], keep[3]), (keep[0, 1:], keep[1, :-1]), (keep[1, :, 1:], keep[1, :, :-1])]:
+        assert abs((a == b).float().mean().item() - 0.625) < 0.03
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -196,13 +211,40 @@ def test_gpu_low_precision_error_within_2x_torch(dtype, shape, masked):
     q, k, v = (t.cuda() for t in _inputs(*shape))
     ignore = _padding_mask(shape[0], shape[3]).cuda() if masked else None
     low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    # the float64 reference sees the rounded inputs, so the errors compared are the ops' own
+    ref_leaves = [t.detach().double().requires_grad_() for t in low]
     out = attn.attention(*low, key_padding_mask=ignore)
     out_torch = reference.attention(*low, key_padding_mask=ignore)
     out64 = reference.attention(*ref_leaves, key_padding_mask=ignore)
     assert error_ratio_ok(out, out_torch, out64, floor=floor)
-    dout = torch.randn_like(out64)
-    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout.to(dtype)),
-                                     torch.autograd.grad(out_torch, low, dout.to(dtype)),
-                                     torch.autograd.grad(out64, ref_leaves, dout)):
+    dout = torch.randn_like(out64).to(dtype)
+    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout),
+                                     torch.autograd.grad(out_torch, low, dout),
+                                     torch.autograd.grad(out64, ref_leaves, dout.double())):
+        assert error_ratio_ok(got, torch_grad, want, factor=3.0, floor=floor)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_dropout_matches_reference_with_the_same_mask(dtype):
+    # The decoder's cross-attention in training: forward and both backward kernels must draw the
+    # keep mask dropout_keep_mask gives for the same seed, on the GPU.
+    B, H, Lq, Lk, d, p = 16, 8, 100, 256, 32, 0.1
+    floor = 1e-5 if dtype == torch.float32 else 1e-6
+    q, k, v = (t.cuda() for t in _inputs(B, H, Lq, Lk, d))
+    ignore = _padding_mask(B, Lk).cuda()
+    low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    ref_leaves = [t.detach().double().requires_grad_() for t in low]
+    torch.manual_seed(5)
+    seed = attn.draw_seed(q.device)
+    torch.manual_seed(5)
+    out = attn.attention(*low, key_padding_mask=ignore, dropout_p=p)
+    keep = attn.dropout_keep_mask(seed, B * H, Lq, Lk, p, device=q.device)
+    out_torch = _dropout_reference(*low, keep, p, ignore)
+    out64 = _dropout_reference(*ref_leaves, keep, p, ignore)
+    assert error_ratio_ok(out, out_torch, out64, floor=floor)
+    dout = torch.randn_like(out64).to(dtype)
+    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout),
+                                     torch.autograd.grad(out_torch, low, dout),
+                                     torch.autograd.grad(out64, ref_leaves, dout.double())):
         assert error_ratio_ok(got, torch_grad, want, factor=3.0, floor=floor)
