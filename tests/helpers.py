@@ -46,3 +46,11 @@ def poison_torch_empty(monkeypatch) -> None:
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+def spy(fn, calls: list, name: str):
+    """fn, recording `name` in `calls` at each call (which implementation the dispatch ran)."""
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+    return wrapper

@@ -10,7 +10,7 @@ import torch
 
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import attention as attn
-from tests.helpers import assert_close_verbose, error_ratio_ok
+from tests.helpers import assert_close_verbose, error_ratio_ok, spy
 
 # Triton 3.6's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
 pytestmark = [pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
@@ -188,8 +188,8 @@ def test_bad_input_raises(kwargs, match):
 def test_dispatch_routes_by_mode(monkeypatch):
     calls = []
     kernel, ref = attn.attention, reference.attention
-    monkeypatch.setattr(attn, "attention", lambda *a, **k: calls.append("triton") or kernel(*a, **k))
-    monkeypatch.setattr(reference, "attention", lambda *a, **k: calls.append("eager") or ref(*a, **k))
+    monkeypatch.setattr(attn, "attention", spy(kernel, calls, "triton"))
+    monkeypatch.setattr(reference, "attention", spy(ref, calls, "eager"))
     q, k, v = _inputs(1, 2, 4, 6, 16)
     with ops.use("triton"):
         out_triton = ops.attention(q, k, v)

@@ -8,7 +8,7 @@ import torch
 
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import group_norm_act as gn
-from tests.helpers import assert_close_verbose, error_ratio_ok
+from tests.helpers import assert_close_verbose, error_ratio_ok, spy
 
 pytestmark = [pytest.mark.usefixtures("poisoned_outputs"), pytest.mark.interpreter]
 
@@ -173,8 +173,8 @@ def test_bad_input_raises(kwargs, match):
 def test_dispatch_routes_by_mode(monkeypatch):
     calls = []
     kernel, ref = gn.group_norm_act, reference.group_norm_act
-    monkeypatch.setattr(gn, "group_norm_act", lambda *a, **k: calls.append("triton") or kernel(*a, **k))
-    monkeypatch.setattr(reference, "group_norm_act", lambda *a, **k: calls.append("eager") or ref(*a, **k))
+    monkeypatch.setattr(gn, "group_norm_act", spy(kernel, calls, "triton"))
+    monkeypatch.setattr(reference, "group_norm_act", spy(ref, calls, "eager"))
     x, G, w, b = _inputs((1, 4, 2, 2, 2))
     with ops.use("triton"):
         y_triton = ops.group_norm_act(x, G, w, b)

@@ -5,7 +5,7 @@ import torch
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import mask_costs as kernel
 
-from .helpers import assert_close_verbose
+from .helpers import assert_close_verbose, spy
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -35,7 +35,7 @@ def _check(pred, target, num_targets, rtol=1e-5, atol=1e-6):
     (1, 33, 20, 5, 13, [20]),         # two query blocks, the second with one row
     (3, 4, 7, 1, 17, [0, 7, 4]),      # a single pixel row; an image without targets
     (2, 3, 70, 4, 5, [70, 65]),       # two target blocks (K > 64), the second partly padding
-    (2, 6, 40, 3, 3, [10, 40]),       # the 2nd target block (k 32..39) of image 0 is all padding
+    (2, 6, 130, 3, 3, [10, 130]),     # image 0's 2nd and 3rd target blocks (k 64..129) are all padding
     (1, 2, 2, 1, 1, [2]),             # a single pixel
     (2, 9, 5, 16, 20, [5, 2]),        # several pixel blocks
 ])
@@ -101,12 +101,16 @@ def test_large_fp16_logits_stay_finite():
     assert_close_verbose(dice.cpu(), ref_dice, rtol=1e-5, atol=1e-6, name="dice")
 
 
-def test_ops_dispatch_matches_eager(poisoned_outputs):
+def test_ops_dispatch_matches_eager(poisoned_outputs, monkeypatch):
     pred, target, num_targets = _problem(2, 6, 4, 8, 8, [4, 1])
+    calls = []
+    for module, name in ((kernel, "triton"), (reference, "eager")):
+        monkeypatch.setattr(module, "mask_costs", spy(module.mask_costs, calls, name))
     with ops.use("eager"):
         eager = ops.mask_costs(pred, target, num_targets)
     with ops.use("triton"):
         fast = ops.mask_costs(pred, target, num_targets)
+    assert calls == ["eager", "triton"]
     for name, a, e in zip(("focal", "dice"), fast, eager):
         assert_close_verbose(a, e, rtol=1e-5, atol=1e-6, name=name)
 

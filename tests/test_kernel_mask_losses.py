@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from maskformer_fast import ops, reference
+from maskformer_fast.kernels import mask_costs as mask_costs_kernel
 from maskformer_fast.kernels import mask_losses as kernel
 
-from .helpers import assert_close_verbose
+from .helpers import assert_close_verbose, spy
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -113,8 +114,11 @@ def test_gradcheck_tiny():
     assert torch.autograd.gradcheck(weighted, (x,), eps=1e-2, atol=2e-4, rtol=1e-2)
 
 
-def test_ops_dispatch_matches_eager(poisoned_outputs):
+def test_ops_dispatch_matches_eager(poisoned_outputs, monkeypatch):
     pred, target = _problem(3, 5, 6, 20, 22)
+    calls = []
+    for module, name in ((kernel, "triton"), (reference, "eager")):
+        monkeypatch.setattr(module, "mask_losses", spy(module.mask_losses, calls, name))
     results = {}
     for mode in ("eager", "triton"):
         x = pred.clone().requires_grad_()
@@ -122,16 +126,22 @@ def test_ops_dispatch_matches_eager(poisoned_outputs):
             focal, dice = ops.mask_losses(x, target, 3.0)
         (2.0 * focal + dice).backward()
         results[mode] = (focal.detach(), dice.detach(), x.grad)
+    assert calls == ["eager", "triton"]
     for name, a, e in zip(("focal", "dice", "grad"), results["triton"], results["eager"]):
         assert_close_verbose(a, e, rtol=1e-5, atol=1e-7, name=name)
 
 
-def test_criterion_matches_eager():
+def test_criterion_matches_eager(monkeypatch):
     """The whole criterion (matching costs + mask losses, 3 layers) with both ops on Triton."""
     from maskformer_fast.criterion import MaskFormerCriterion
     from tests.test_criterion import make_batch
 
     criterion = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")
+    calls = []
+    for module, name in ((kernel, "triton"), (reference, "eager")):
+        monkeypatch.setattr(module, "mask_losses", spy(module.mask_losses, calls, name))
+    for name, module in (("costs triton", mask_costs_kernel), ("costs eager", reference)):
+        monkeypatch.setattr(module, "mask_costs", spy(module.mask_costs, calls, name))
     results = {}
     for mode in ("eager", "triton"):
         outputs, targets = make_batch((3, 0, 2), Q=6, h=5, w=7, input_size=(18, 26), seed=4, requires_grad=True)
@@ -140,6 +150,8 @@ def test_criterion_matches_eager():
             losses = criterion(outputs, targets)
         sum(losses.values()).backward()
         results[mode] = cols, losses, outputs["pred_masks"].grad, outputs["aux_outputs"][1]["pred_masks"].grad
+    # one cost call per match() and per loss evaluation, one loss call per decoder layer (3)
+    assert calls == ["costs eager"] * 2 + ["eager"] * 3 + ["costs triton"] * 2 + ["triton"] * 3
     (cols, losses, grad, aux_grad), (cols_e, losses_e, grad_e, aux_grad_e) = results["triton"], results["eager"]
     assert torch.equal(cols, cols_e)
     for key in losses_e:

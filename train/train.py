@@ -69,7 +69,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
     p.add_argument("--crop", type=int, default=None, help="square crop size")
     p.add_argument("--engine", default="fast", choices=("eager", "fast"),
-                   help="eager: reference ops; fast (default): Triton kernels where they run (CUDA)")
+                   help="eager: reference ops; fast (default): Triton kernels where they run (CUDA; "
+                        "MASKFORMER_FAST_OPS=triton forces them)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (fast engine)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--seed", type=int, default=0)
@@ -376,7 +377,8 @@ def amp_context(amp: str, device: torch.device):
 
 
 def engine_context(engine: str):
-    return ops.use("eager" if engine == "eager" else "auto")
+    """eager: the reference ops; fast: the ops' own choice ("auto", or MASKFORMER_FAST_OPS)."""
+    return ops.use("eager") if engine == "eager" else contextlib.nullcontext()
 
 
 def run(args) -> Dict[str, float]:
