@@ -11,8 +11,12 @@ first, with the time relative to the shipped one. Adopting a winner stays a revi
 the kernel file (then rerun tests/test_kernels_compile.py, which checks registers and shared
 memory for sm_90 and sm_80). A candidate that fails to compile or launch is reported, not fatal.
 
-Shapes are the benchmarks' (R50 ADE20K 512x512 training, batch 16). Without CUDA a tiny shape
-and two candidates per kernel run through the interpreter, only to show the script works.
+Shapes are those of R50 ADE20K 512x512 training at batch 16, in bf16 (as with ``--amp bf16``):
+GroupNorm on the stride-4 map, the res5 cross-attention (100 queries x 256 keys, padded), the
+matcher's costs in the criterion's layout (16 images x 6 layers x 100 queries, 50 targets,
+128x128), 800 matched masks 128^2 -> 512^2, 96 assignment problems 100 x 50. Without CUDA a
+tiny shape and two candidates per kernel run through the interpreter, only to show the script
+works.
 """
 import argparse
 import itertools
@@ -126,7 +130,8 @@ def _attention_sweeps() -> List[Sweep]:
 
 
 def _mask_costs_sweep() -> Sweep:
-    B, Q, K, size = (96, 100, 50, 128) if CUDA else (2, 8, 3, 8)
+    # the criterion's layout: the 6 decoder layers stacked along the queries, [16, 6*100, h, w]
+    B, Q, K, size = (16, 600, 50, 128) if CUDA else (2, 8, 3, 8)
 
     def make():
         pred = _randn(B, Q, size, size, scale=3.0)
