@@ -54,10 +54,11 @@ _PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee"}
 def _launch_config(head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
     """BLOCK_M, BLOCK_N, warps and pipeline stages per head dim, dtype and pass.
 
-    Chosen so that no configuration spills registers on sm_90 for 2-byte inputs (ptxas
-    STACK = 0; see NOTES.md): the backward, which holds two accumulators, gets more warps at
-    d = 64 and smaller blocks at d = 128. 4-byte inputs (3xTF32 dots) take narrow key blocks
-    and 2 stages to fit shared memory on sm_80; they still spill at d >= 64.
+    Chosen to keep register spills off sm_90 for 2-byte inputs (cuobjdump STACK; table in
+    NOTES.md): none at d = 32 (every preset) and 64, 8 B in the d = 128 dk/dv kernel. The
+    backward, which holds two accumulators, gets more warps at d = 64 and smaller blocks at
+    d = 128. 4-byte inputs (3xTF32 dots) take narrow key blocks and 2 stages to fit shared
+    memory on sm_80; they still spill at d >= 64 (and in dk/dv at d = 32 on sm_80).
     """
     if dtype.itemsize >= 4:
         return dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=2)
@@ -328,7 +329,7 @@ class AttentionFunction(torch.autograd.Function):
 
     q: [B, h, Lq, d], k, v: [B, h, Lk, d] (unit last stride), ignore: uint8 [B, Lk] or None,
     seed: int64 [1], the Philox seed of the dropout mask (None without dropout). Saves q, k, v,
-    o and the logsumexp [B*h, Lq].
+    o, the logsumexp [B*h, Lq], ignore and seed (the backward regenerates the mask from it).
     """
 
     @staticmethod
@@ -378,11 +379,12 @@ def attention(
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale) v; the Triton twin of ``maskformer_fast.reference.attention``.
+    """dropout(softmax(q k^T * scale)) v; the Triton twin of ``maskformer_fast.reference.attention``.
 
     q: [B, h, Lq, d]; k, v: [B, h, Lk, d] (any strides with a unit last stride), d in
-    {16, 32, 64, 128}; key_padding_mask: bool [B, Lk], True = ignore. Returns contiguous
-    [B, h, Lq, d] in q's dtype.
+    {16, 32, 64, 128}; key_padding_mask: bool [B, Lk], True = ignore; scale defaults to
+    1/sqrt(d); dropout_p in [0, 1) drops attention weights inside the kernels (Philox), with a
+    seed drawn per call from q.device's generator. Returns contiguous [B, h, Lq, d] in q's dtype.
     """
     _check_inputs(q, k, v, key_padding_mask, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -402,7 +404,9 @@ def supports(q, k=None, v=None, key_padding_mask=None, dropout_p=0.0, **_) -> bo
 
 
 def _compile_configs():
-    """Every head dim the launcher accepts, in bf16 and fp32, with the mask and dropout paths on."""
+    """Every head dim the launcher accepts (16: the narrow models of the default training job;
+    32: every MaskFormer preset), in bf16 and fp32, with the mask and dropout paths on; plus the
+    keep-mask kernel."""
     configs = []
     kernels = (_attn_fwd_kernel, _attn_bwd_dq_kernel, _attn_bwd_dkdv_kernel)
     for dtype in (torch.bfloat16, torch.float32):
@@ -414,7 +418,7 @@ def _compile_configs():
         types.update({name: "i32" for name in ("H", "Lq", "Lk", "stride_qb", "stride_qh", "stride_qm",
                                                "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
                                                "stride_vn")})
-        for d in (32, 64, 128):
+        for d in HEAD_DIMS:
             q = torch.empty(0, d, dtype=dtype, device="meta")
             for fns, backward in ((kernels[:1], False), (kernels[1:], True)):
                 meta = _meta(q, has_mask=True, dropout=True, backward=backward)

@@ -5,9 +5,10 @@ square problems start with the Jonker-Volgenant column reduction, then for each 
 short side still free, a Dijkstra search over reduced costs to the nearest free column, a
 dual update and an augmentation. One program solves one problem; each search step
 scans all columns at once across the program's lanes (a vector of BLOCK columns: reduced
-costs, shortest-path labels and predecessors updated together, then two min-reductions pick
-the next column, preferring a free one among ties). All problems of a training step run in
-one launch and costs are read where they live, in their own dtype, with float64 arithmetic.
+costs, shortest-path labels and predecessors updated together, then one min-reduction over
+(label, code) pairs picks the next column, preferring a free one among ties). All problems
+of a training step run in one launch and costs are read where they live, in their own dtype,
+with float64 arithmetic.
 
 Per-program scratch in global memory (row duals, the matching, path predecessors) is
 written by some lanes and read by others, so every hand-over is behind a ``debug_barrier``
@@ -168,7 +169,7 @@ def _lsa_kernel(
 
 
 def _num_warps(block: int) -> int:
-    # Latency-bound: each search step is a load and two reductions across the block, cheapest
+    # Latency-bound: each search step is a load and one reduction across the block, cheapest
     # within one warp (shuffles only). Untuned: no GPU was available when this was written.
     return 1 if block <= 256 else min(8, block // 128)
 

@@ -1,4 +1,5 @@
-"""MaskFormer (Cheng et al., NeurIPS 2021): the eager reference model.
+"""MaskFormer (Cheng et al., NeurIPS 2021): the model, its hot ops (GroupNorm + activation,
+attention) dispatched through ``maskformer_fast.ops`` (eager reference or Triton kernel).
 
     images [B,3,H,W] -> backbone -> res2..res5 -> pixel_decoder -> mask_features [B,256,H/4,W/4]
                                         \\-> res5 (or the +6Enc encoder output) -> predictor
@@ -120,7 +121,10 @@ class MaskFormer(nn.Module):
 
     @staticmethod
     def check_images(images: torch.Tensor) -> None:
-        """ValueError naming the problem unless images is a finite float tensor [B, 3, H, W]."""
+        """ValueError naming the problem unless images is a finite float tensor [B, 3, H, W].
+
+        The finite check (one host sync) is skipped on the meta device and while torch.compile
+        traces."""
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
         if images.dim() != 4:
@@ -154,7 +158,8 @@ class MaskFormer(nn.Module):
 
 
 def build_model(cfg: MaskFormerConfig) -> MaskFormer:
-    """The eager reference MaskFormer for `cfg` (random init; load weights with convert.*)."""
+    """The MaskFormer for `cfg` (random init; load weights with convert.*); hot ops dispatched
+    through maskformer_fast.ops."""
     if not isinstance(cfg, MaskFormerConfig):
         raise ValueError(f"build_model expects a MaskFormerConfig (see get_config), got {type(cfg).__name__}")
     return MaskFormer(cfg)
