@@ -53,6 +53,9 @@ bounded "GPU correctness tests (gpu-marked: kernels on CUDA vs eager, bf16/fp16 
 bounded "device-aware tests on CUDA (whole model fast vs eager; torch.compile through the kernel ops)" 120 \
   $py -m pytest -q tests/parity/test_fast_vs_eager.py tests/test_compile.py -p no:cacheprovider
 
+bounded "parity CLI: R50 2x512^2, fast vs eager against float64 (fp32, then bf16 autocast)" 90 \
+  bash -c "$py -m maskformer_fast.parity --json '$out/parity_fp32.json' && $py -m maskformer_fast.parity --amp bf16 --json '$out/parity_bf16.json'"
+
 jsons=()
 summarise() { [ "${#jsons[@]}" -gt 0 ] && $py benchmarks/merge_results.py "$out/suite.json" "$out/suite.md" "${jsons[@]}" >/dev/null 2>&1; }
 for bench in benchmarks/bench_group_norm_act.py benchmarks/bench_attention.py \

@@ -31,7 +31,7 @@ _API = {
     "PanopticMetadata": "inference",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "convert", "predict")
+               "config", "model", "convert", "predict", "parity")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

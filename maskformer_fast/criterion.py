@@ -11,7 +11,7 @@ Conventions: L decoder layers (the final one first, then ``aux_outputs`` in orde
 Q queries, C classes (index C is "no object"), K targets of an image, Kmax the most in the
 batch, h x w the stride-4 prediction size, Hp x Wp = 4h x 4w the padded input size.
 """
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -210,16 +210,26 @@ class MaskFormerCriterion(nn.Module):
             num_masks = total.item() / dist.get_world_size()
         return max(num_masks, 1.0)
 
-    def forward(self, outputs: Dict, targets: Sequence[Dict]) -> Dict[str, torch.Tensor]:
+    def forward(self, outputs: Dict, targets: Sequence[Dict],
+                matching: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Weighted losses of every decoder layer (see the class docstring).
 
         outputs: the model's dict ("pred_logits" [B,Q,C+1], "pred_masks" [B,Q,h,w],
         optional "aux_outputs" and "input_size" (H, W), default (4h, 4w)); targets: B dicts
-        with "labels" int64 [K] in [0, C) and "masks" binary [K, H, W] (K = 0 allowed).
+        with "labels" int64 [K] in [0, C) and "masks" binary [K, H, W] (K = 0 allowed);
+        matching: a precomputed assignment ``match()`` returned, to reuse instead of solving
+        (e.g. to compare losses of two runs on the same pairs).
         """
         layers = self._decoder_layers(outputs)
         tgt = self._prepare_targets(outputs, targets)
-        cols = self._match(layers, tgt)  # [L, B, Q]
+        if matching is None:
+            cols = self._match(layers, tgt)  # [L, B, Q]
+        else:
+            expected = (len(layers), *outputs["pred_logits"].shape[:2])
+            if tuple(matching.shape) != expected or matching.dtype != torch.int64:
+                raise ValueError(f"matching must be int64 {list(expected)} as match() returns, got "
+                                 f"{matching.dtype} {list(matching.shape)}")
+            cols = matching.to(outputs["pred_logits"].device)
         num_masks = self._num_masks(tgt.counts, outputs["pred_logits"].device)
         L, B, Q = cols.shape
         K = tgt.labels.shape[1]

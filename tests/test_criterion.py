@@ -297,3 +297,18 @@ def test_real_model_loss_backward():
     assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
     stem = [p for n, p in model.named_parameters() if n.startswith("backbone.") and "layer" not in n and p.dim() == 4]
     assert stem and all(p.grad is not None and p.grad.any() for p in stem)
+
+
+def test_precomputed_matching_gives_the_same_losses():
+    outputs, targets = make_batch((2, 3), num_aux=2)
+    crit = MaskFormerCriterion(num_classes=4)
+    matching = crit.match(outputs, targets)
+    assert matching.shape == (3, 2, outputs["pred_logits"].shape[1])
+    expected = crit(outputs, targets)
+    got = crit(outputs, targets, matching=matching)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    # another matching gives other losses: the argument is used, not recomputed
+    other = crit(outputs, targets, matching=torch.roll(matching, 1, dims=2))
+    assert not torch.equal(other["loss_mask"], expected["loss_mask"])
+    with pytest.raises(ValueError, match="matching must be int64"):
+        crit(outputs, targets, matching=matching[:2])

@@ -1,0 +1,50 @@
+"""python -m maskformer_fast.parity: fast vs eager against a float64 truth, on CPU here.
+
+The kernels run in the Triton interpreter (tiny model); the check must pass as shipped and
+fail when a kernel is slightly wrong.
+"""
+import json
+
+import pytest
+import torch
+
+from maskformer_fast import parity
+from maskformer_fast.kernels import group_norm_act as gn
+
+pytestmark = [pytest.mark.interpreter,
+              pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")]
+TINY = ["--size", "64", "num_decoder_layers=2", "dim_feedforward=64", "num_queries=10", "num_classes=5",
+        "hidden_dim=64", "nheads=2"]
+
+
+def test_parity_passes_and_reports_every_quantity(tmp_path):
+    rows = parity.main([*TINY, "--json", str(tmp_path / "parity.json")])
+    names = [r.name for r in rows]
+    assert names[:2] == ["pred_logits", "pred_masks"]
+    assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"} <= set(names)
+    assert names[-1].startswith("grad (worst of ")
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
+    # the comparison is not vacuous: both runs err against float64, by fp32 rounding
+    assert all(0 < r.eager_error < 1e-3 and 0 < r.fast_error < 1e-3 for r in rows if r.name.startswith("pred_"))
+    saved = json.loads((tmp_path / "parity.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == names
+
+
+def test_parity_fails_on_a_slightly_wrong_kernel(monkeypatch):
+    exact = gn.group_norm_act
+    monkeypatch.setattr(gn, "group_norm_act", lambda *a, **k: exact(*a, **k) * (1 + 1e-4))
+    rows = parity.main([*TINY, "--batch", "1"])
+    failed = {r.name for r in rows if not r.ok}
+    # GroupNorm runs in the pixel decoder: the masks and their losses move, the class logits
+    # (from the transformer decoder on res5) do not
+    assert {"pred_masks", "loss_mask", "loss_mask_0"} <= failed and "pred_logits" not in failed
+    assert any(name.startswith("grad (worst of") for name in failed)
+
+
+def test_random_batch_targets_are_non_empty_and_disjoint():
+    images, targets = parity.random_batch(3, 64, 5, 4, torch.Generator().manual_seed(0))
+    assert images.shape == (3, 3, 64, 64)
+    for t in targets:
+        assert t["masks"].dtype == torch.bool and t["masks"].shape[1:] == (64, 64)
+        assert len(t["labels"]) == len(t["masks"]) == len(set(t["labels"].tolist()))
+        assert t["masks"].flatten(1).any(1).all() and (t["masks"].sum(0) == 1).all()
