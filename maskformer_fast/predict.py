@@ -230,27 +230,51 @@ class Predictor:
     def __call__(self, image: np.ndarray):
         """[H,W,3] uint8 RGB -> semantic: int64 label map [H, W]; panoptic: (int32 id map [H, W],
         segments_info); instance: {"scores", "labels", "masks" bool [k, H, W]}, all on the CPU."""
+        return self.predict_batch([image])[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list:
+        """``__call__`` for several images, one forward per group of images whose resized shapes
+        are equal: stacked without padding, so each image gets the computation it gets alone
+        (bit-identical on CPU, checked; batched GPU kernels may sum in another order).
+        (Padding images of other shapes into one batch would change their results: as in the
+        official model, attention sees the padded pixels.) TTA runs image by image."""
         from . import inference
-        size = image.shape[:2]
-        x = preprocess(image, self.cfg.pixel_mean, self.cfg.pixel_std, self.short_side, self.cfg.test_max_size)
-        x = x.to(self.device)
-        with self._autocast():
-            if self.task == "semantic" and self.tta:
-                return inference.semantic_inference_tta(self.model, x, size, self.cfg.tta_scales,
-                                                        self.cfg.tta_flip).argmax(0).cpu()
-            out = self.model(x[None])
-        image_sizes, output_sizes = [tuple(x.shape[-2:])], [size]
+        inputs = [preprocess(image, self.cfg.pixel_mean, self.cfg.pixel_std, self.short_side,
+                             self.cfg.test_max_size) for image in images]
+        results: list = [None] * len(images)
+        if self.task == "semantic" and self.tta:
+            for i, (image, x) in enumerate(zip(images, inputs)):
+                with self._autocast():
+                    scores = inference.semantic_inference_tta(self.model, x.to(self.device), image.shape[:2],
+                                                              self.cfg.tta_scales, self.cfg.tta_flip)
+                results[i] = scores.argmax(0).cpu()
+            return results
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        for shape, members in groups.items():
+            with self._autocast():
+                out = self.model(torch.stack([inputs[i] for i in members]).to(self.device))
+            image_sizes = [tuple(shape[-2:])] * len(members)
+            output_sizes = [images[i].shape[:2] for i in members]
+            for i, result in zip(members, self._postprocess(out, image_sizes, output_sizes)):
+                results[i] = result
+        return results
+
+    def _postprocess(self, out: Dict, image_sizes: List[Tuple[int, int]], output_sizes: List[Tuple[int, int]]) -> list:
+        """The task's results of a batch's outputs, on the CPU."""
+        from . import inference
         if self.task == "semantic":
-            return inference.semantic_inference(out, image_sizes, output_sizes)[0].argmax(0).cpu()
+            return [s.argmax(0).cpu() for s in inference.semantic_inference(out, image_sizes, output_sizes)]
         if self.task == "panoptic":
-            ids, segments = inference.panoptic_inference(out, image_sizes, output_sizes, self.metadata,
-                                                         self.cfg.object_mask_threshold,
-                                                         self.cfg.overlap_threshold)[0]
-            return ids.cpu(), segments
+            return [(ids.cpu(), segments) for ids, segments in
+                    inference.panoptic_inference(out, image_sizes, output_sizes, self.metadata,
+                                                 self.cfg.object_mask_threshold, self.cfg.overlap_threshold)]
         # panoptic datasets keep thing classes only, as Mask2Former's instance inference does
         things = self.metadata if self.metadata.thing_classes else None
-        result = inference.instance_inference(out, image_sizes, output_sizes, top_k=self.top_k, metadata=things)[0]
-        return {k: v.cpu() for k, v in result.items()}
+        return [{k: v.cpu() for k, v in r.items()} for r in
+                inference.instance_inference(out, image_sizes, output_sizes, top_k=self.top_k, metadata=things)]
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
@@ -330,12 +354,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--thing-classes", type=parse_thing_classes, default=None,
                    help="panoptic: contiguous thing ids, e.g. 0-79 (default 0-79 for coco_panoptic, else none)")
     p.add_argument("--top-k", type=int, default=100, help="instance: instances kept per image")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images read at a time; those with equal resized shapes share one forward")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE may sit between options
     if args.tta and args.task != "semantic":
         p.error("--tta works with --task semantic only")
     if args.short_side is not None and args.short_side < 1:
         p.error(f"--short-side must be >= 1, got {args.short_side}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"config override {item!r} is not KEY=VALUE")
@@ -386,19 +414,21 @@ def run(args) -> List[Dict]:
           + (f", weights {args.weights}" if args.weights else ", random weights"))
     records, total = [], 0.0
     with mf.ops.use("eager" if args.engine == "eager" else "auto"):
-        for path in files:
-            image = read_image(path) if path else synthetic_image()
-            name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
+        for first in range(0, len(files), args.batch_size):
+            paths = files[first:first + args.batch_size]
+            images = [read_image(path) if path else synthetic_image() for path in paths]
             start = time.perf_counter()
-            result = predictor(image)
+            results = predictor.predict_batch(images)
             if predictor.device.type == "cuda":
                 torch.cuda.synchronize(predictor.device)
-            seconds = time.perf_counter() - start
-            total += seconds
-            written = write_result(args.task, result, output, name, cfg.num_classes) if output else []
-            print(f"{path or name}: {image.shape[1]}x{image.shape[0]} -> {describe(args.task, result)}, "
-                  f"{seconds * 1000:.0f} ms" + (f" -> {', '.join(written)}" if written else ""))
-            records.append({"name": name, "size": image.shape[:2], "seconds": seconds, "files": written})
+            seconds = (time.perf_counter() - start) / len(paths)  # per image, the batch's share
+            total += seconds * len(paths)
+            for path, image, result in zip(paths, images, results):
+                name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
+                written = write_result(args.task, result, output, name, cfg.num_classes) if output else []
+                print(f"{path or name}: {image.shape[1]}x{image.shape[0]} -> {describe(args.task, result)}, "
+                      f"{seconds * 1000:.0f} ms" + (f" -> {', '.join(written)}" if written else ""))
+                records.append({"name": name, "size": image.shape[:2], "seconds": seconds, "files": written})
     print(f"{len(files)} image(s) in {total:.2f} s: {len(files) / total:.2f} images/s; "
           f"model {num_params:,} parameters")
     return records

@@ -152,3 +152,34 @@ def test_official_pth_and_pkl_weights(setup, tmp_path):
     expected = Predictor(model, cfg)(read_image(str(setup["images"] / "a.png"))).numpy()
     for d in ("pth", "pkl"):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / d / "a.png")), expected)
+
+
+def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path):
+    # Three images, two of one shape: --batch-size 3 runs two forwards and writes what
+    # --batch-size 1 writes (same-shape images are stacked without padding).
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, (h, w) in (("p", (50, 70)), ("q", (81, 40)), ("r", (50, 70))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    forwards = []
+    model_forward = type(setup["model"]).forward
+
+    def counting_forward(self, images):
+        forwards.append(images.shape[0])
+        return model_forward(self, images)
+
+    for task in ("semantic", "panoptic"):
+        outputs = {}
+        for batch in (1, 3):
+            forwards.clear()
+            out_dir = tmp_path / f"{task}{batch}"
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(type(setup["model"]), "forward", counting_forward)
+                main(["--weights", setup["train_ckpt"], "--task", task, "--thing-classes", "0-1",
+                      "--batch-size", str(batch), "--input", str(folder), "--output", str(out_dir)])
+            assert sorted(forwards) == ([1, 1, 1] if batch == 1 else [1, 2]), forwards
+            outputs[batch] = {f: (out_dir / f).read_bytes() for f in sorted(os.listdir(out_dir))}
+        assert len(outputs[1]) == (3 if task == "semantic" else 6) and outputs[1] == outputs[3], task
+    with pytest.raises(SystemExit):
+        main(TINY_ARGS + ["--batch-size", "0"])
