@@ -14,10 +14,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["MaskFormerConfig", "get_config", "list_presets", "BACKBONES", "DATASETS"]
+__all__ = ["MaskFormerConfig", "get_config", "list_presets", "thing_classes", "BACKBONES", "DATASETS"]
 
 BACKBONES = ("resnet50", "resnet101", "resnet101c", "swin_tiny", "swin_small", "swin_base", "swin_large")
-DATASETS = ("ade20k", "ade20k_full", "coco_panoptic", "coco_stuff", "cityscapes", "mapillary")
+DATASETS = ("ade20k", "ade20k_full", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes", "mapillary")
 LR_SCHEDULES = ("poly", "multistep")
 
 # preset short name -> backbone
@@ -25,8 +25,20 @@ _PRESET_BACKBONES = {
     "r50": "resnet50", "r101": "resnet101", "r101c": "resnet101c",
     "swin_t": "swin_tiny", "swin_s": "swin_small", "swin_b": "swin_base", "swin_l": "swin_large",
 }
-_NUM_CLASSES = {"ade20k": 150, "ade20k_full": 847, "coco_panoptic": 133, "coco_stuff": 171,
-                "cityscapes": 19, "mapillary": 65}
+_NUM_CLASSES = {"ade20k": 150, "ade20k_full": 847, "ade20k_panoptic": 150, "coco_panoptic": 133,
+                "coco_stuff": 171, "cityscapes": 19, "mapillary": 65}
+# Contiguous ids of the thing classes of the panoptic datasets: COCO's first 80 categories; for
+# ADE20K the 100 SceneParsing-150 classes of the instance challenge (the second column of the
+# official datasets/ade20k_instance_catid_mapping.txt, 1-based there).
+_THING_CLASSES = {
+    "coco_panoptic": tuple(range(80)),
+    "ade20k_panoptic": tuple(i - 1 for i in (
+        8, 9, 11, 13, 15, 16, 19, 20, 21, 23, 24, 25, 28, 31, 32, 33, 34, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46,
+        48, 50, 51, 54, 56, 57, 58, 59, 63, 65, 66, 67, 68, 70, 71, 72, 73, 74, 75, 76, 77, 79, 81, 82, 83, 84, 86,
+        87, 88, 89, 90, 91, 93, 94, 96, 98, 99, 103, 104, 105, 108, 109, 111, 112, 113, 116, 117, 119, 120, 121,
+        122, 124, 125, 126, 127, 128, 130, 131, 133, 134, 135, 136, 137, 138, 139, 140, 143, 144, 145, 147, 148,
+        149, 150)),
+}
 
 
 @dataclass
@@ -198,6 +210,13 @@ def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
                  test_short_side=512, test_max_size=2048)
         if dataset == "ade20k" and backbone in ("swin_base", "swin_large"):
             r.update(crop_size=(640, 640), test_short_side=640, test_max_size=2560)
+    elif dataset == "ade20k_panoptic":
+        # configs/ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k.yaml: the ADE20K recipe at
+        # 640 with +6Enc, 720k iterations and the panoptic test thresholds
+        r.update(batch_size=16, crop_size=(640, 640), max_iter=720000, test_short_side=640, test_max_size=2560,
+                 object_mask_threshold=0.7, overlap_threshold=0.8)
+        if not swin:
+            r.update(pixel_decoder_encoder_layers=6)
     elif dataset == "coco_stuff":
         r.update(batch_size=32, crop_size=(640, 640), max_iter=60000, test_short_side=640, test_max_size=2560)
     elif dataset == "cityscapes":
@@ -229,6 +248,13 @@ def _build_presets() -> Dict[str, Dict[str, Any]]:
 
 
 _PRESETS = _build_presets()
+
+
+def thing_classes(dataset: str) -> Tuple[int, ...]:
+    """Contiguous ids of the thing classes of a panoptic dataset (() for the semantic ones)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    return _THING_CLASSES.get(dataset, ())
 
 
 def list_presets() -> List[str]:

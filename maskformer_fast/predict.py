@@ -41,7 +41,6 @@ __all__ = ["resized_shape", "resize_image", "preprocess", "read_image", "read_we
 DEFAULT_PRESET = "maskformer_r50_ade20k"
 TASKS = ("semantic", "panoptic", "instance")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-COCO_PANOPTIC_THINGS = 80  # contiguous ids 0..79 of the 133 COCO panoptic classes are things
 
 
 # --------------------------------------------------------------------------- images
@@ -352,7 +351,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--thing-classes", type=parse_thing_classes, default=None,
-                   help="panoptic: contiguous thing ids, e.g. 0-79 (default 0-79 for coco_panoptic, else none)")
+                   help="panoptic: contiguous thing ids, e.g. 0-79 (default: the dataset's, for coco_panoptic "
+                        "and ade20k_panoptic; none otherwise)")
     p.add_argument("--top-k", type=int, default=100, help="instance: instances kept per image")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images read at a time; those with equal resized shapes share one forward")
@@ -396,8 +396,9 @@ def run(args) -> List[Dict]:
     num_params = sum(p.numel() for p in model.parameters())
     thing_classes = args.thing_classes
     if thing_classes is None:
-        thing_classes = range(COCO_PANOPTIC_THINGS) if cfg.dataset == "coco_panoptic" else ()
-        if args.task == "panoptic" and cfg.dataset != "coco_panoptic":
+        from .config import thing_classes as dataset_thing_classes
+        thing_classes = dataset_thing_classes(cfg.dataset)
+        if args.task == "panoptic" and not thing_classes:
             print(f"note: no --thing-classes for dataset {cfg.dataset}: every class is stuff")
     predictor = Predictor(model, cfg, args.task, device, args.short_side, args.tta, args.amp, thing_classes,
                           args.top_k)

@@ -1,7 +1,7 @@
 """Config presets (values from the official configs / paper) and override checking."""
 import pytest
 
-from maskformer_fast.config import BACKBONES, DATASETS, MaskFormerConfig, get_config, list_presets
+from maskformer_fast.config import BACKBONES, DATASETS, MaskFormerConfig, get_config, list_presets, thing_classes
 
 SHORT = ("r50", "r101", "r101c", "swin_t", "swin_s", "swin_b", "swin_l")
 
@@ -19,7 +19,8 @@ def test_every_required_preset_exists():
         assert cfg.name == name and cfg.backbone in BACKBONES and cfg.dataset in DATASETS
 
 
-@pytest.mark.parametrize("dataset, classes", [("ade20k", 150), ("ade20k_full", 847), ("coco_panoptic", 133),
+@pytest.mark.parametrize("dataset, classes", [("ade20k", 150), ("ade20k_full", 847), ("ade20k_panoptic", 150),
+                                              ("coco_panoptic", 133),
                                               ("coco_stuff", 171), ("cityscapes", 19), ("mapillary", 65)])
 def test_num_classes(dataset, classes):
     assert get_config(f"maskformer_r50_{dataset}").num_classes == classes
@@ -93,3 +94,20 @@ def test_bad_overrides_name_the_field(overrides, needle):
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="maskformer_r18_ade20k"):
         get_config("maskformer_r18_ade20k")
+
+
+def test_ade20k_panoptic_recipe_and_thing_classes():
+    # configs/ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k.yaml
+    c = get_config("maskformer_r50_ade20k_panoptic")
+    assert (c.batch_size, c.crop_size, c.max_iter, c.test_short_side, c.test_max_size) == \
+        (16, (640, 640), 720000, 640, 2560)
+    assert (c.pixel_decoder_encoder_layers, c.object_mask_threshold, c.overlap_threshold) == (6, 0.7, 0.8)
+    assert (c.base_lr, c.weight_decay, c.lr_schedule) == (1e-4, 1e-4, "poly")
+    things = thing_classes("ade20k_panoptic")
+    # the 100 instance-challenge classes: person (12), car (20), chair (19) are things; wall (0),
+    # sky (2), floor (3), tree (4) are stuff; the last class (flag, 149) is a thing
+    assert len(things) == len(set(things)) == 100 and {12, 19, 20, 149} <= set(things)
+    assert not {0, 2, 3, 4} & set(things)
+    assert thing_classes("coco_panoptic") == tuple(range(80)) and thing_classes("ade20k") == ()
+    with pytest.raises(ValueError, match="unknown dataset"):
+        thing_classes("pascal")

@@ -18,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     base = tmp_path_factory.mktemp("synthetic")
-    for fmt in ("ade20k", "coco_panoptic", "coco_stuff", "cityscapes"):
+    for fmt in ("ade20k", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes"):
         make_synthetic(fmt, str(base / fmt), num_images=6, size=40, seed=1)
     return base
 
@@ -89,6 +89,32 @@ def test_coco_panoptic_reader_segments_and_crowd(root):
     for mask, seg in zip(target["masks"], kept):
         assert torch.equal(mask, ids == seg["id"]) or torch.equal(mask, flipped == seg["id"])
     assert not target["masks"].any(0)[(ids == crowd["id"]) & (flipped == crowd["id"])].any()
+
+
+def test_ade20k_panoptic_reader_and_semantic_style_mapper(root):
+    # The official prepare_ade20k_pan_seg.py layout, read as COCO panoptic; trained with the
+    # semantic mapper's geometry (MaskFormerPanopticDatasetMapper): void padding, one mask per segment.
+    ds = build_dataset("ade20k_panoptic", str(root / "ade20k_panoptic"), "train")
+    assert ds.info.num_classes == 150 and len(ds.info.thing_classes) == 100 and 12 in ds.info.thing_classes
+    sample = ds[0]
+    infos = sample["segments_info"]
+    assert infos and all(s["label"] == s["category_id"] for s in infos)  # ids 0..149 are contiguous already
+    for s in infos:
+        assert (sample["pan_seg"] == s["id"]).sum() == s["area"]
+    H, W = sample["pan_seg"].shape
+    mapper = SemanticTrainMapper((H + 8, W + 8), short_sides=[H], max_size=10 * W, color_aug=False)
+    out = mapper(sample, np.random.default_rng(2))
+    assert out["image"].shape == (3, H + 8, W + 8)
+    assert out["labels"].tolist() == [s["label"] for s in infos]
+    ids = torch.from_numpy(sample["pan_seg"])
+    for mask, seg in zip(out["masks"], infos):  # no resize, padding only (up to the random flip)
+        assert not mask[H:].any() and not mask[:, W:].any()
+        assert torch.equal(mask[:H, :W], ids == seg["id"]) or torch.equal(mask[:H, :W], ids.flip(-1) == seg["id"])
+    # an area-constrained crop reads classes, not segment ids
+    constrained = SemanticTrainMapper((H // 2, W // 2), short_sides=[H], max_size=10 * W,
+                                      single_category_max_area=0.75, color_aug=False)
+    out = constrained(sample, np.random.default_rng(0))
+    assert out["masks"].shape[1:] == (H // 2, W // 2) and out["masks"].any((1, 2)).sum() >= 1
 
 
 def test_semantic_mapper_masks_crop_and_padding(root):

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from maskformer_fast import config as mf_config
 from train.checkpoint import CheckpointManager, load_model_weights
 from train.make_synthetic import make_synthetic
 from train.solver import lr_factor, param_groups
@@ -212,6 +213,23 @@ def test_coco_panoptic_training_and_pq_evaluation(tmp_path):
     gathered = records(ddp, "PQ")[-1]
     assert {k: gathered[k] for k in final if k.startswith(("PQ", "SQ", "RQ"))} == \
         {k: v for k, v in final.items() if k.startswith(("PQ", "SQ", "RQ"))}
+
+
+def test_ade20k_panoptic_training_and_pq_evaluation(tmp_path):
+    make_synthetic("ade20k_panoptic", str(tmp_path / "ade"), num_images=2, size=32, seed=0, num_val=2)
+    out = tmp_path / "adepan"
+    cmd = train_cmd(tmp_path / "ade", out, "--max-iter", "2", "--batch-size", "2", "--crop", "32", *TINY,
+                    "object_mask_threshold=0", "overlap_threshold=0")
+    cmd[cmd.index("ade20k")] = "ade20k_panoptic"
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 0.0 <= records(out, "PQ")[-1]["PQ"] <= 100.0
+    predictions = _panoptic_predictions(out)
+    assert len(predictions) == 2
+    things = set(mf_config.thing_classes("ade20k_panoptic"))
+    segments = [s for segs, _ in predictions.values() for s in segs]
+    assert segments, "thresholds 0 keep every query's segment"
+    assert all(0 <= s["category_id"] < 150 and s["isthing"] == (s["category_id"] in things) for s in segments)
 
 
 def test_torchrun_two_ranks_stay_identical(data, tmp_path):

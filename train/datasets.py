@@ -1,4 +1,4 @@
-"""Readers for ADE20K, COCO panoptic, COCO-Stuff-10k and Cityscapes in their on-disk layouts.
+"""Readers for ADE20K (semantic and panoptic), COCO panoptic, COCO-Stuff-10k and Cityscapes.
 
 Each reader lists a split into records (file names plus, for panoptic, the segments) and
 checks the layout up front, so a wrong folder fails at start-up with the path it expected.
@@ -8,6 +8,9 @@ missing or corrupt. Labels come out in training ids: 0..C-1 for classes, 255 for
 Layouts (``root`` is what ``--data-root`` points at):
   ade20k         root[/ADEChallengeData2016]/images/{training,validation}/*.jpg and
                  annotations/{training,validation}/*.png, raw ids (0 = other -> 255, k -> k-1)
+  ade20k_panoptic  root[/ADEChallengeData2016]/images/{training,validation}/*.jpg,
+                 ade20k_panoptic_{train,val}.json and ade20k_panoptic_{train,val}/*.png, as the
+                 official datasets/prepare_ade20k_pan_seg.py writes them (categories 0..149)
   coco_panoptic  root/{train2017,val2017}/*.jpg, root/annotations/panoptic_{train,val}2017.json,
                  root/annotations/panoptic_{train,val}2017/*.png (RGB-encoded segment ids)
   coco_stuff     root/images_detectron2/{train,test}/*.jpg and root/annotations_detectron2/
@@ -28,7 +31,7 @@ from PIL import Image
 __all__ = ["DATASETS", "DatasetInfo", "SegmentationDataset", "build_dataset", "read_image",
            "read_label", "read_panoptic_png", "rgb_to_id"]
 
-DATASETS = ("ade20k", "coco_panoptic", "coco_stuff", "cityscapes")
+DATASETS = ("ade20k", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes")
 IGNORE_LABEL = 255
 # user-facing split name -> directory name, per dataset
 _SPLIT_DIRS = {
@@ -218,6 +221,21 @@ def _coco_panoptic(root: str, split: str) -> SegmentationDataset:
     json_file = _require_file(os.path.join(root, "annotations", f"panoptic_{d}.json"), what)
     png_dir = _require_dir(os.path.join(root, "annotations", f"panoptic_{d}"), what)
     image_dir = _require_dir(os.path.join(root, d), what)
+    return _panoptic("coco_panoptic", split, json_file, png_dir, image_dir)
+
+
+def _ade20k_panoptic(root: str, split: str) -> SegmentationDataset:
+    if os.path.isdir(os.path.join(root, "ADEChallengeData2016")):
+        root = os.path.join(root, "ADEChallengeData2016")
+    what = "ADE20K panoptic layout (ADEChallengeData2016/ade20k_panoptic_<split>.json, from prepare_ade20k_pan_seg.py)"
+    json_file = _require_file(os.path.join(root, f"ade20k_panoptic_{split}.json"), what)
+    png_dir = _require_dir(os.path.join(root, f"ade20k_panoptic_{split}"), what)
+    image_dir = _require_dir(os.path.join(root, "images", _SPLIT_DIRS["ade20k"][split]), what)
+    return _panoptic("ade20k_panoptic", split, json_file, png_dir, image_dir)
+
+
+def _panoptic(name: str, split: str, json_file: str, png_dir: str, image_dir: str) -> SegmentationDataset:
+    """A COCO-panoptic-format split: json (images, annotations, categories) + RGB-id PNGs."""
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -226,7 +244,7 @@ def _coco_panoptic(root: str, split: str) -> SegmentationDataset:
         annotations = data["annotations"]
     except (ValueError, KeyError) as e:
         raise ValueError(f"cannot parse panoptic json {json_file}: {e!r}") from None
-    info = DatasetInfo("coco_panoptic", split, "panoptic", len(categories), categories=categories,
+    info = DatasetInfo(name, split, "panoptic", len(categories), categories=categories,
                        panoptic_json=json_file, panoptic_root=png_dir)
     to_contiguous = info.dataset_id_to_contiguous
     records = []
@@ -247,8 +265,8 @@ def _coco_panoptic(root: str, split: str) -> SegmentationDataset:
     return SegmentationDataset(records, info)
 
 
-_READERS = {"ade20k": _ade20k, "coco_panoptic": _coco_panoptic, "coco_stuff": _coco_stuff,
-            "cityscapes": _cityscapes}
+_READERS = {"ade20k": _ade20k, "ade20k_panoptic": _ade20k_panoptic, "coco_panoptic": _coco_panoptic,
+            "coco_stuff": _coco_stuff, "cityscapes": _cityscapes}
 
 
 def build_dataset(name: str, root: str, split: str) -> SegmentationDataset:

@@ -9,6 +9,9 @@ Everything is drawn from ``--seed``, so the same arguments give the same files.
 Layouts written (the same the readers in ``train/datasets.py`` expect):
   ade20k         DIR/ADEChallengeData2016/images/{training,validation}/*.jpg
                  DIR/ADEChallengeData2016/annotations/{training,validation}/*.png  (0 = other)
+  ade20k_panoptic  DIR/ADEChallengeData2016/images/{training,validation}/*.jpg,
+                 DIR/ADEChallengeData2016/ade20k_panoptic_{train,val}.json + ade20k_panoptic_{train,val}/*.png
+                 (as the official prepare_ade20k_pan_seg.py writes them: categories 0..149)
   coco_panoptic  DIR/{train2017,val2017}/*.jpg, DIR/annotations/panoptic_{train,val}2017.json
                  DIR/annotations/panoptic_{train,val}2017/*.png  (id = R + 256 G + 256^2 B)
   coco_stuff     DIR/images_detectron2/{train,test}/*.jpg
@@ -25,9 +28,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskformer_fast.config import thing_classes
 from maskformer_fast.predict import id_to_rgb  # the COCO panoptic PNG encoding, shared
 
-FORMATS = ("ade20k", "coco_panoptic", "coco_stuff", "cityscapes")
+FORMATS = ("ade20k", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes")
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,14 @@ CLASSES = {
     "coco_stuff": SyntheticClasses(stuff=(112, 145, 161), things=(0, 2, 16), void=255),
     "cityscapes": SyntheticClasses(stuff=(0, 2, 10), things=(11, 13, 18), void=255),
     "coco_panoptic": SyntheticClasses(stuff=(187, 193, 199), things=(1, 3, 18), void=0),
+    # ADE20K panoptic category ids (0-based): wall, sky, floor, tree | person, car, chair
+    "ade20k_panoptic": SyntheticClasses(stuff=(0, 2, 3, 4), things=(12, 20, 19), void=0),
 }
 PANOPTIC_NAMES = {1: "person", 3: "car", 18: "dog", 187: "sky-other-merged", 193: "grass-merged",
                   199: "wall-other-merged"}
 SPLITS = {  # format -> (train split dir name, val split dir name)
     "ade20k": ("training", "validation"),
+    "ade20k_panoptic": ("training", "validation"),
     "coco_panoptic": ("train2017", "val2017"),
     "coco_stuff": ("train", "test"),
     "cityscapes": ("train", "val"),
@@ -165,7 +172,12 @@ def write_semantic(fmt: str, out: str, num_images: int, num_val: int, size: int,
             Image.fromarray(label_map).save(label_path)
 
 
-def panoptic_categories() -> List[Dict]:
+def panoptic_categories(fmt: str) -> List[Dict]:
+    """The json's categories: COCO's six used here, or ADE20K's 150 (ids 0..149, the official things)."""
+    if fmt == "ade20k_panoptic":
+        things = set(thing_classes("ade20k_panoptic"))
+        return [{"id": k, "name": f"ade20k class {k}", "isthing": int(k in things),
+                 "color": [int(c) for c in np.random.default_rng(k).integers(0, 256, size=3)]} for k in range(150)]
     classes = CLASSES["coco_panoptic"]
     categories = []
     for cat_id in sorted(classes.things + classes.stuff):
@@ -175,23 +187,34 @@ def panoptic_categories() -> List[Dict]:
     return categories
 
 
-def write_coco_panoptic(out: str, num_images: int, num_val: int, size: int, seed: int) -> None:
-    classes = CLASSES["coco_panoptic"]
-    height, width = size, size * 4 // 3
-    for split, count, split_seed in zip(SPLITS["coco_panoptic"], (num_images, num_val), (seed, seed + 10**6)):
+def _panoptic_paths(fmt: str, out: str, split: str, index: int):
+    """(image id, image dir, image file name, PNG dir, json path) of image `index` of a split."""
+    if fmt == "coco_panoptic":
+        image_id = index + 1
+        stem = f"{image_id:012d}"
         name = "panoptic_" + split
-        png_dir = os.path.join(out, "annotations", name)
-        image_dir = os.path.join(out, split)
-        os.makedirs(png_dir, exist_ok=True)
-        os.makedirs(image_dir, exist_ok=True)
+        return (image_id, os.path.join(out, split), stem, os.path.join(out, "annotations", name),
+                os.path.join(out, "annotations", name + ".json"))
+    root = os.path.join(out, "ADEChallengeData2016")
+    short = "train" if split == "training" else "val"
+    stem = f"ADE_{'train' if split == 'training' else 'val'}_{index + 1:08d}"
+    return (stem, os.path.join(root, "images", split), stem, os.path.join(root, f"ade20k_panoptic_{short}"),
+            os.path.join(root, f"ade20k_panoptic_{short}.json"))
+
+
+def write_panoptic(fmt: str, out: str, num_images: int, num_val: int, size: int, seed: int) -> None:
+    classes = CLASSES[fmt]
+    height, width = size, size * 4 // 3
+    for split, count, split_seed in zip(SPLITS[fmt], (num_images, num_val), (seed, seed + 10**6)):
         images, annotations = [], []
         for i in range(count):
+            image_id, image_dir, stem, png_dir, json_path = _panoptic_paths(fmt, out, split, i)
+            os.makedirs(png_dir, exist_ok=True)
+            os.makedirs(image_dir, exist_ok=True)
             rng = np.random.default_rng([split_seed, i])
             image, segment_map, labels = make_scene(classes, height, width, rng, with_void=i % 2 == 0)
-            image_id = i + 1
-            stem = f"{image_id:012d}"
-            # Every third image marks its last thing instance as a crowd region.
-            crowd_index = len(labels) if i % 3 == 0 else -1
+            # COCO: every third image marks its last thing instance as a crowd region (ADE20K has none).
+            crowd_index = len(labels) if fmt == "coco_panoptic" and i % 3 == 0 else -1
             ids = np.zeros_like(segment_map)
             segments_info = []
             for k, label in enumerate(labels, start=1):
@@ -209,8 +232,9 @@ def write_coco_panoptic(out: str, num_images: int, num_val: int, size: int, seed
             Image.fromarray(id_to_rgb(ids)).save(os.path.join(png_dir, stem + ".png"))
             images.append({"id": image_id, "file_name": stem + ".jpg", "height": height, "width": width})
             annotations.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info})
-        with open(os.path.join(out, "annotations", name + ".json"), "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": panoptic_categories()}, f)
+        if count:
+            with open(json_path, "w") as f:
+                json.dump({"images": images, "annotations": annotations, "categories": panoptic_categories(fmt)}, f)
 
 
 def make_synthetic(fmt: str, out: str, num_images: int, size: int, seed: int, num_val: int = -1) -> None:
@@ -223,8 +247,8 @@ def make_synthetic(fmt: str, out: str, num_images: int, size: int, seed: int, nu
         raise ValueError(f"--num-images must be positive, got {num_images}")
     if num_val < 0:
         num_val = max(1, num_images // 4)
-    if fmt == "coco_panoptic":
-        write_coco_panoptic(out, num_images, num_val, size, seed)
+    if fmt in ("coco_panoptic", "ade20k_panoptic"):
+        write_panoptic(fmt, out, num_images, num_val, size, seed)
     else:
         write_semantic(fmt, out, num_images, num_val, size, seed)
 

@@ -202,7 +202,8 @@ def collate_train(batch: List[Dict], pixel_mean, pixel_std):
 
 def build_train_loader(dataset: SegmentationDataset, cfg, seed: int, d: Dist, per_rank_batch: int,
                        num_workers: int, position: Dict) -> Iterator:
-    mapper = (PanopticTrainMapper if dataset.info.task == "panoptic" else SemanticTrainMapper).from_config(cfg)
+    # COCO panoptic trains with the DETR mapper; the others (ADE20K panoptic too) with the semantic one
+    mapper = (PanopticTrainMapper if dataset.info.name == "coco_panoptic" else SemanticTrainMapper).from_config(cfg)
     loader = torch.utils.data.DataLoader(
         MappedDataset(dataset, mapper, seed, d.rank, cfg.num_classes),
         sampler=TrainStream(dataset, seed, d, position["epoch"], position["index"]),

@@ -4,7 +4,9 @@
   Cityscapes): resize the short side to a random choice in [min_scale, max_scale] x the test size,
   random crop with the category-area constraint, SSD colour jitter, horizontal flip, pad
   the image with 128 and the label with 255 up to the crop size; then one binary mask per
-  class present (ignore excluded).
+  class present (ignore excluded). Panoptic samples (ADE20K panoptic) get the same geometry,
+  as ``MaskFormerPanopticDatasetMapper``: segment ids resized by nearest neighbour and padded
+  with 0 (void), one mask per non-crowd segment.
 * :class:`PanopticTrainMapper` follows ``DETRPanopticDatasetMapper`` (COCO panoptic): flip,
   then either a short-side resize or (half the time) a 400/500/600 resize + random crop
   384..600 before it; one mask per non-crowd segment.
@@ -119,6 +121,14 @@ def panoptic_targets(pan_seg: np.ndarray, segments_info: Sequence[Dict]) -> Dict
     return {"labels": labels, "masks": ids[None] == seg_ids[:, None, None]}
 
 
+def _segment_classes(pan_seg: np.ndarray, segments_info: Sequence[Dict], ignore_label: int) -> np.ndarray:
+    """Segment ids -> class labels (void and unlisted ids -> ignore_label)."""
+    classes = np.full(pan_seg.shape, ignore_label, dtype=np.int64)
+    for segment in segments_info:
+        classes[pan_seg == segment["id"]] = segment["label"]
+    return classes
+
+
 def _to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
@@ -154,10 +164,16 @@ class SemanticTrainMapper:
         return cls(cfg.crop_size, [int(k * 0.1 * base) for k in scales], 4 * base, ignore_label=cfg.ignore_value)
 
     def __call__(self, sample: Dict, rng: np.random.Generator) -> Dict:
-        image, label = sample["image"], sample["sem_seg"]
+        """A semantic sample (``sem_seg``) or a panoptic one (``pan_seg`` + ``segments_info``)."""
+        panoptic = "pan_seg" in sample
+        image, label = sample["image"], sample["pan_seg" if panoptic else "sem_seg"]
         shape = resized_shape(*image.shape[:2], float(rng.choice(self.short_sides)), self.max_size)
         image, label = resize_image(image, shape), resize_label(label, shape)
-        y0, x0, h, w = category_area_crop(label, self.crop_size, self.max_area, self.ignore_label, rng)
+        if panoptic and self.max_area < 1.0:  # the area constraint is on classes, not segments
+            classes = _segment_classes(label, sample["segments_info"], self.ignore_label)
+            y0, x0, h, w = category_area_crop(classes, self.crop_size, self.max_area, self.ignore_label, rng)
+        else:
+            y0, x0, h, w = category_area_crop(label, self.crop_size, self.max_area, self.ignore_label, rng)
         image, label = image[y0:y0 + h, x0:x0 + w], label[y0:y0 + h, x0:x0 + w]
         if self.color_aug is not None:
             image = self.color_aug(image, rng)
@@ -165,8 +181,10 @@ class SemanticTrainMapper:
             image, label = image[:, ::-1], label[:, ::-1]
         pad_h, pad_w = self.crop_size[0] - image.shape[0], self.crop_size[1] - image.shape[1]
         image = np.pad(image, ((0, max(pad_h, 0)), (0, max(pad_w, 0)), (0, 0)), constant_values=128)
-        label = np.pad(label, ((0, max(pad_h, 0)), (0, max(pad_w, 0))), constant_values=self.ignore_label)
-        return {"image": _to_chw(image), **semantic_targets(label, self.ignore_label)}
+        label = np.pad(label, ((0, max(pad_h, 0)), (0, max(pad_w, 0))), constant_values=0 if panoptic else self.ignore_label)
+        targets = (panoptic_targets(label, sample["segments_info"]) if panoptic
+                   else semantic_targets(label, self.ignore_label))
+        return {"image": _to_chw(image), **targets}
 
 
 class PanopticTrainMapper:
