@@ -369,6 +369,10 @@ def _check_inputs(q, k, v, key_padding_mask, dropout_p):
         raise ValueError(f"attention: inputs on several devices {sorted(map(str, devices))}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if q.dtype == torch.float64 and q.device.type != "cpu":
+        # Triton 3.6 cannot compile these fp64 dots for sm_80/sm_90 ("fp64 don't support largeK
+        # MMA"): fp64 is for checks through the interpreter; ops falls back to the reference
+        raise ValueError(f"attention: float64 runs only in the Triton interpreter (CPU tensors), got {q.device}")
 
 
 def attention(

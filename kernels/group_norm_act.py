@@ -49,12 +49,23 @@ MAX_CHANNELS_PER_GROUP = 4096
 
 
 @triton.jit
-def _apply_program(ONE_PASS: tl.constexpr):
-    """(row, chunk) of a phase-2 program. In two-phase mode the grid is walked in reverse of
-    phase 1, so the chunks phase 1 read last -- still in L2 -- are the first ones re-read."""
+def _row_and_chunk(num_chunks, REVERSED: tl.constexpr):
+    """(row = n * G + g, chunk) of this program in the 1-D grid of N * G * num_chunks programs
+    (1-D: a second grid axis is capped at 65535, which large groups of small chunks exceed).
+    REVERSED walks the grid backwards: phase 2 of the two-phase schedule then starts with the
+    chunks phase 1 read last, still in L2."""
+    pid = tl.program_id(0)
+    if REVERSED:
+        pid = tl.num_programs(0) - 1 - pid
+    return pid // num_chunks, pid % num_chunks
+
+
+@triton.jit
+def _apply_program(num_chunks, ONE_PASS: tl.constexpr):
+    """(row, chunk) of a phase-2 program: in grid order for one pass, reversed for two phases."""
     if ONE_PASS:
-        return tl.program_id(0), tl.program_id(1)
-    return tl.num_programs(0) - 1 - tl.program_id(0), tl.num_programs(1) - 1 - tl.program_id(1)
+        return _row_and_chunk(num_chunks, False)
+    return _row_and_chunk(num_chunks, True)
 
 
 @triton.jit
@@ -72,9 +83,8 @@ def _group_tile(x_ptr, n, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
 def _gn_fwd_stats_kernel(x_ptr, mean_part_ptr, m2_part_ptr, HW, CPG, G, num_chunks,
                          stride_n, stride_c, stride_p,
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    """Phase 1: mean and M2 of chunk program_id(1) of group program_id(0) = n * G + g."""
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
+    """Phase 1: mean and M2 of one chunk of group row = n * G + g."""
+    row, chunk = _row_and_chunk(num_chunks, False)
     offsets, mask = _group_tile(x_ptr, row // G, row % G, chunk, HW, CPG, stride_n, stride_c, stride_p,
                                 CPG_BLOCK, BLOCK_P)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC)
@@ -92,7 +102,7 @@ def _gn_fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_part_ptr, m2_part_ptr,
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKS_BLOCK: tl.constexpr,
                          ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """Normalise + affine + activation of one chunk; ONE_PASS: the chunk is the whole group."""
-    row, chunk = _apply_program(ONE_PASS)
+    row, chunk = _apply_program(num_chunks, ONE_PASS)
     g = row % G
     offsets, mask = _group_tile(x_ptr, row // G, g, chunk, HW, CPG, stride_n, stride_c, stride_p,
                                 CPG_BLOCK, BLOCK_P)
@@ -120,7 +130,10 @@ def _gn_fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_part_ptr, m2_part_ptr,
     b = tl.load(b_ptr + g * CPG + c, mask=c < CPG, other=0.0).to(ACC)
     y = (x - mean) * rstd * w[:, None] + b[:, None]
     if RELU:
-        y = tl.maximum(y, 0.0)
+        # NaN-propagating max: plain tl.maximum compiles to max.f32, which returns 0 for a NaN,
+        # so a group made NaN by an overflowed input would come out as zeros on the GPU
+        # (the interpreter's np.maximum keeps NaN, as torch.relu does)
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
     if chunk == 0:
         tl.store(mean_ptr + row, mean)
@@ -155,8 +168,7 @@ def _gn_bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_par
                          C, HW, CPG, G, num_chunks, stride_n, stride_c, stride_p,
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """Phase 1 of the backward: per-(n, c, chunk) sums of dz and dz * xhat."""
-    row = tl.program_id(0)
-    chunk = tl.program_id(1)
+    row, chunk = _row_and_chunk(num_chunks, False)
     xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
                                                     HW, CPG, G, stride_n, stride_c, stride_p,
                                                     CPG_BLOCK, BLOCK_P, RELU, ACC)
@@ -168,12 +180,12 @@ def _gn_bwd_stats_kernel(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_par
 
 @triton.jit(do_not_specialize=["HW", "CPG"])  # CPG * HW stays a runtime integer
 def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, dw_sum_ptr, db_sum_ptr,
-                         C, HW, CPG, G, stride_n, stride_c, stride_p,
+                         C, HW, CPG, G, num_chunks, stride_n, stride_c, stride_p,
                          CPG_BLOCK: tl.constexpr, BLOCK_P: tl.constexpr,
                          ONE_PASS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """dx of one chunk, given the per-(n, c) sums of dz and dz * xhat; ONE_PASS: the chunk is
     the whole group and those sums are computed and stored here."""
-    row, chunk = _apply_program(ONE_PASS)
+    row, chunk = _apply_program(num_chunks, ONE_PASS)
     xhat, dz, w, rstd, offsets, mask = _gn_bwd_load(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, row, chunk,
                                                     HW, CPG, G, stride_n, stride_c, stride_p,
                                                     CPG_BLOCK, BLOCK_P, RELU, ACC)
@@ -269,7 +281,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_grou
     assert y.stride() == x.stride()
     mean = torch.empty(N * G, device=x.device, dtype=acc)
     rstd = torch.empty(N * G, device=x.device, dtype=acc)
-    grid = (N * G, s.num_chunks)
+    grid = (N * G * s.num_chunks,)
     if s.one_pass:
         mean_part = m2_part = mean  # unused by the one-pass kernel
     else:
@@ -300,7 +312,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: tor
     # dy in x's layout so one set of strides serves x, dy and dx
     dy = torch.empty_like(x).copy_(dy) if dy.stride() != x.stride() else dy
     dx = torch.empty_like(x)
-    grid = (N * G, s.num_chunks)
+    grid = (N * G * s.num_chunks,)
     meta = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, RELU=relu, ACC=tl_dtype(acc), num_warps=s.num_warps)
     if s.one_pass:  # the apply kernel stores the per-(n, c) sums
         dw_sum = torch.empty(N * C, device=x.device, dtype=acc)
@@ -311,7 +323,8 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: tor
         _gn_bwd_stats_kernel[grid](x, dy, weight, bias, mean, rstd, dw_part, db_part, C, HW, cpg, G, s.num_chunks,
                                    sn, sc, sp, **meta)
         dw_sum, db_sum = dw_part.sum(1), db_part.sum(1)
-    _gn_bwd_apply_kernel[grid](x, dy, dx, weight, bias, mean, rstd, dw_sum, db_sum, C, HW, cpg, G, sn, sc, sp,
+    _gn_bwd_apply_kernel[grid](x, dy, dx, weight, bias, mean, rstd, dw_sum, db_sum, C, HW, cpg, G, s.num_chunks,
+                               sn, sc, sp,
                                ONE_PASS=s.one_pass, **meta)
     dweight = dw_sum.view(N, C).sum(0)
     dbias = db_sum.view(N, C).sum(0)

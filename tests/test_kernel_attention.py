@@ -185,6 +185,16 @@ def test_bad_input_raises(kwargs, match):
         attn.attention(**args)
 
 
+def test_float64_only_through_the_interpreter():
+    # Triton cannot compile the fp64 dots for a GPU: the kernel declines fp64 off the CPU (meta
+    # tensors stand in for CUDA ones here) and the dispatch runs the reference instead.
+    q, k = (torch.empty(1, 2, n, 32, dtype=torch.float64, device="meta") for n in (3, 4))
+    assert not attn.supports(q, k, k) and attn.supports(q.float(), k.float(), k.float())
+    with pytest.raises(ValueError, match="float64 runs only in the Triton interpreter"):
+        attn.attention(q, k, k)
+    assert attn.supports(*_inputs(1, 2, 3, 4, 32))  # fp64 CPU tensors: the interpreter runs it
+
+
 def test_dispatch_routes_by_mode(monkeypatch):
     calls = []
     kernel, ref = attn.attention, reference.attention

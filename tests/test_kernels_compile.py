@@ -81,6 +81,10 @@ def compile_module(name: str, archs=ARCHS) -> list:
                                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
                 row["dynamic_shared"] = compiled.metadata.shared
                 row.update(_resource_usage(compiled.asm["cubin"]))
+                # PTX facts the interpreter cannot show (numpy keeps NaN through maximum)
+                ptx = compiled.asm["ptx"]
+                row["ptx_max_nan"] = ptx.count("max.NaN.f32")
+                row["ptx_max_plain"] = ptx.count("max.f32")
             except Exception as e:  # reported per config by the test
                 row["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
             results.append(row)
@@ -106,6 +110,11 @@ def test_kernel_module_compiles_for_sm90_and_sm80(module):
     too_big = [r for r in results if r["dynamic_shared"] + r.get("shared", 0) > MAX_SHARED_BYTES[r["arch"]]]
     assert not too_big, "\n".join(f"{r['kernel']} sm_{r['arch']} {r['constexprs']}: "
                                   f"{r['dynamic_shared'] + r.get('shared', 0)} B shared memory" for r in too_big)
+    if module == "group_norm_act":
+        # the ReLU must keep NaN (a group made NaN by an overflowed input), as torch.relu does:
+        # plain max.f32 returns the other operand, 0
+        relu = [r for r in results if r["kernel"] == "_gn_fwd_apply_kernel" and r["constexprs"]["RELU"]]
+        assert relu and all(r["ptx_max_nan"] > 0 and r["ptx_max_plain"] == 0 for r in relu), relu
 
 
 def _table(rows: list) -> str:
