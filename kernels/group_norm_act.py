@@ -402,6 +402,10 @@ def _compile_configs():
                 if not s.one_pass:
                     kernels.append((_gn_bwd_stats_kernel, dict(RELU=relu, **blocks)))
             configs += [compile_config(fn, types, cx, s.num_warps) for fn, cx in kernels]
+    # what a launch on NCHW input compiles for the loop's last case (bf16, 128x128, two phases):
+    # Triton specialises the unit pixel stride
+    configs += [compile_config(fn, types, {**cx, "stride_p": 1}, s.num_warps) for fn, cx in kernels
+                if fn in (_gn_fwd_apply_kernel, _gn_bwd_apply_kernel)]
     return configs
 
 

@@ -221,6 +221,8 @@ def _compile_configs() -> List[CompileConfig]:
     for cost_type, block in (("*fp32", 128), ("*fp64", 128), ("*bf16", 128), ("*fp32", 1024)):
         configs.append(compile_config(_lsa_kernel, {**types, "cost_ptr": cost_type}, {"BLOCK": block},
                                       num_warps=_num_warps(block)))
+    # what a launch on contiguous costs compiles: Triton specialises an integer argument equal to 1
+    configs.append(compile_config(_lsa_kernel, types, {"BLOCK": 128, "stride_m": 1}, num_warps=_num_warps(128)))
     return configs
 
 

@@ -359,6 +359,11 @@ def _compile_configs():
             "BLOCK_I": "constexpr", "BLOCK_J": "constexpr", "CHUNK": "constexpr",
         }, {"BLOCK_I": _BWD_BLOCK_I, "BLOCK_J": _BWD_BLOCK_J, "CHUNK": _BWD_CHUNK},
             num_warps=_BWD_WARPS, num_stages=_BWD_STAGES))
+    # what a launch on contiguous masks compiles (bf16 logits, bool targets): Triton specialises
+    # the unit column strides
+    unit = {"stride_px": 1, "stride_tx": 1}
+    configs += [CompileConfig(c.fn, {**c.signature, **dict.fromkeys(unit, "constexpr")}, {**c.constexprs, **unit},
+                              c.num_warps, c.num_stages) for c in configs[2:4]]
     return configs
 
 
