@@ -398,6 +398,9 @@ def run(args) -> List[Dict]:
     if thing_classes is None:
         from .config import thing_classes as dataset_thing_classes
         thing_classes = dataset_thing_classes(cfg.dataset)
+        if thing_classes and max(thing_classes) >= cfg.num_classes:
+            raise ValueError(f"the {cfg.dataset} thing classes go up to {max(thing_classes)}, beyond "
+                             f"num_classes={cfg.num_classes}: pass --thing-classes for this model")
         if args.task == "panoptic" and not thing_classes:
             print(f"note: no --thing-classes for dataset {cfg.dataset}: every class is stuff")
     predictor = Predictor(model, cfg, args.task, device, args.short_side, args.tta, args.amp, thing_classes,

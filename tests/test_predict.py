@@ -183,3 +183,24 @@ def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path)
         assert len(outputs[1]) == (3 if task == "semantic" else 6) and outputs[1] == outputs[3], task
     with pytest.raises(SystemExit):
         main(TINY_ARGS + ["--batch-size", "0"])
+
+
+def test_panoptic_presets_default_to_their_thing_classes(monkeypatch):
+    # ADE20K panoptic: the 100 official thing classes without --thing-classes (COCO: 0..79)
+    seen = {}
+    real_init = mf.predict.Predictor.__init__
+
+    def capture(self, model, cfg, task="semantic", device="cpu", short_side=None, tta=False, amp="none",
+                thing_classes=(), top_k=100):
+        seen[cfg.dataset] = tuple(thing_classes)
+        real_init(self, model, cfg, task, device, short_side, tta, amp, thing_classes, top_k)
+
+    monkeypatch.setattr(mf.predict.Predictor, "__init__", capture)
+    dataset_classes = [a for a in TINY_ARGS if not a.startswith("num_classes=")] + ["pixel_decoder_encoder_layers=0"]
+    for preset in ("maskformer_r50_ade20k_panoptic", "maskformer_r50_coco_panoptic"):
+        main(["--preset", preset, "--task", "panoptic", *dataset_classes])
+    assert seen["coco_panoptic"] == tuple(range(80))
+    assert len(seen["ade20k_panoptic"]) == 100 and 12 in seen["ade20k_panoptic"] and 0 not in seen["ade20k_panoptic"]
+    # fewer classes than the dataset's thing ids: a clear error, not a silent subset
+    with pytest.raises(SystemExit, match="pass --thing-classes"):
+        main(["--preset", "maskformer_r50_ade20k_panoptic", "--task", "panoptic", *TINY_ARGS])
