@@ -212,26 +212,35 @@ def test_dispatch_routes_by_mode(monkeypatch):
     assert_close_verbose(out_triton, out_eager, rtol=1e-10, atol=1e-10, name="dispatch")
 
 
+def _low_precision_leaves(q, k, v, dtype):
+    """(q, k, v in dtype, on CUDA, requiring grad; their float64 copies): the float64 reference
+    sees the rounded inputs, so the errors compared are the ops' own."""
+    low = [t.cuda().to(dtype).requires_grad_() for t in (q, k, v)]
+    return low, [t.detach().double().requires_grad_() for t in low]
+
+
+def _assert_within_torch_error(out, out_torch, out64, low, ref_leaves, floor):
+    """Output error <= 2x, gradient errors <= 3x plain torch's at the same dtype (vs float64)."""
+    assert error_ratio_ok(out, out_torch, out64, floor=floor)
+    dout = torch.randn_like(out64).to(out.dtype)
+    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout),
+                                     torch.autograd.grad(out_torch, low, dout),
+                                     torch.autograd.grad(out64, ref_leaves, dout.double())):
+        assert error_ratio_ok(got, torch_grad, want, factor=3.0, floor=floor)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape, masked", [((16, 8, 100, 100, 32), False), ((16, 8, 100, 256, 32), True),
                                            ((2, 8, 100, 1024, 64), True), ((2, 4, 77, 300, 128), True)])
 def test_gpu_low_precision_error_within_2x_torch(dtype, shape, masked):
     floor = 1e-5 if dtype == torch.float32 else 1e-6  # fp32 runs 3xTF32 dots, torch exact fp32
-    q, k, v = (t.cuda() for t in _inputs(*shape))
+    low, ref_leaves = _low_precision_leaves(*_inputs(*shape), dtype)
     ignore = _padding_mask(shape[0], shape[3]).cuda() if masked else None
-    low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    # the float64 reference sees the rounded inputs, so the errors compared are the ops' own
-    ref_leaves = [t.detach().double().requires_grad_() for t in low]
     out = attn.attention(*low, key_padding_mask=ignore)
     out_torch = reference.attention(*low, key_padding_mask=ignore)
     out64 = reference.attention(*ref_leaves, key_padding_mask=ignore)
-    assert error_ratio_ok(out, out_torch, out64, floor=floor)
-    dout = torch.randn_like(out64).to(dtype)
-    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout),
-                                     torch.autograd.grad(out_torch, low, dout),
-                                     torch.autograd.grad(out64, ref_leaves, dout.double())):
-        assert error_ratio_ok(got, torch_grad, want, factor=3.0, floor=floor)
+    _assert_within_torch_error(out, out_torch, out64, low, ref_leaves, floor)
 
 
 @pytest.mark.gpu
@@ -241,20 +250,13 @@ def test_gpu_dropout_matches_reference_with_the_same_mask(dtype):
     # keep mask dropout_keep_mask gives for the same seed, on the GPU.
     B, H, Lq, Lk, d, p = 16, 8, 100, 256, 32, 0.1
     floor = 1e-5 if dtype == torch.float32 else 1e-6
-    q, k, v = (t.cuda() for t in _inputs(B, H, Lq, Lk, d))
+    low, ref_leaves = _low_precision_leaves(*_inputs(B, H, Lq, Lk, d), dtype)
     ignore = _padding_mask(B, Lk).cuda()
-    low = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    ref_leaves = [t.detach().double().requires_grad_() for t in low]
     torch.manual_seed(5)
-    seed = attn.draw_seed(q.device)
+    seed = attn.draw_seed(low[0].device)
     torch.manual_seed(5)
     out = attn.attention(*low, key_padding_mask=ignore, dropout_p=p)
-    keep = attn.dropout_keep_mask(seed, B * H, Lq, Lk, p, device=q.device)
+    keep = attn.dropout_keep_mask(seed, B * H, Lq, Lk, p, device=low[0].device)
     out_torch = _dropout_reference(*low, keep, p, ignore)
     out64 = _dropout_reference(*ref_leaves, keep, p, ignore)
-    assert error_ratio_ok(out, out_torch, out64, floor=floor)
-    dout = torch.randn_like(out64).to(dtype)
-    for got, torch_grad, want in zip(torch.autograd.grad(out, low, dout),
-                                     torch.autograd.grad(out_torch, low, dout),
-                                     torch.autograd.grad(out64, ref_leaves, dout.double())):
-        assert error_ratio_ok(got, torch_grad, want, factor=3.0, floor=floor)
+    _assert_within_torch_error(out, out_torch, out64, low, ref_leaves, floor)
