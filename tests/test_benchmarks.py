@@ -11,7 +11,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+# where CUDA is present the scripts time the real shapes (minutes): benchmarks/gpu_suite.sh runs them
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="on a GPU these are the full benchmarks: benchmarks/gpu_suite.sh runs them")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # script -> the (op, impl) rows it must write on a CPU machine

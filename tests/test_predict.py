@@ -84,7 +84,7 @@ def test_train_checkpoint_and_bare_state_dict_agree(setup):
 def test_panoptic_png_decodes_to_segments_info(setup):
     out_dir = setup["tmp"] / "pan"
     main(["--weights", setup["train_ckpt"], "--task", "panoptic", "--thing-classes", "0-1", "object_mask_threshold=0",
-          "overlap_threshold=0", "--input", str(setup["images"] / "a.png"), "--output", str(out_dir)])
+          "overlap_threshold=0", "--input", str(setup["images"] / "a.png"), "--output", str(out_dir), "--device", "cpu"])
     rgb = np.asarray(Image.open(out_dir / "a.png")).astype(np.int64)
     ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 ** 2 * rgb[..., 2]
     info = json.load(open(out_dir / "a.json"))["segments_info"]
@@ -103,7 +103,7 @@ def test_panoptic_png_decodes_to_segments_info(setup):
 def test_instance_npz_and_json(setup):
     out_dir = setup["tmp"] / "inst"
     main(["--weights", setup["train_ckpt"], "--task", "instance", "--top-k", "7",
-          "--input", str(setup["images"] / "b.png"), "--output", str(out_dir)])
+          "--input", str(setup["images"] / "b.png"), "--output", str(out_dir), "--device", "cpu"])
     saved = np.load(out_dir / "b_masks.npz")
     meta = json.load(open(out_dir / "b.json"))
     assert saved["masks"].shape == (7, 81, 40) and saved["masks"].dtype == np.bool_
@@ -176,7 +176,7 @@ def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path)
             out_dir = tmp_path / f"{task}{batch}"
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(type(setup["model"]), "forward", counting_forward)
-                main(["--weights", setup["train_ckpt"], "--task", task, "--thing-classes", "0-1",
+                main(["--weights", setup["train_ckpt"], "--task", task, "--thing-classes", "0-1", "--device", "cpu",
                       "--batch-size", str(batch), "--input", str(folder), "--output", str(out_dir)])
             assert sorted(forwards) == ([1, 1, 1] if batch == 1 else [1, 2]), forwards
             outputs[batch] = {f: (out_dir / f).read_bytes() for f in sorted(os.listdir(out_dir))}

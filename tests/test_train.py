@@ -26,8 +26,9 @@ TINY = ["num_decoder_layers=2", "hidden_dim=32", "conv_dim=32", "mask_dim=32", "
 
 
 def train_cmd(data, out, *extra, launcher=(sys.executable,)):
+    # on the CPU on any machine: bit-exact comparisons, and the interpreted kernels need CPU tensors
     return [*launcher, TRAIN, "--dataset", "ade20k", "--data-root", str(data), "--output", str(out),
-            "--no-progress", "--num-workers", "0", "--seed", "3", "--engine", "eager", *extra]
+            "--no-progress", "--num-workers", "0", "--seed", "3", "--engine", "eager", "--device", "cpu", *extra]
 
 
 def env():
