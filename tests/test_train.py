@@ -291,3 +291,22 @@ def test_overfit_longer_schedule_fits_almost_perfectly(tmp_path):
     losses, miou = _overfit(tmp_path / "d", tmp_path / "o", 400)
     assert sum(losses[-10:]) / 10 < 0.1 * sum(losses[:10]) / 10
     assert miou > 96.0
+
+
+def test_stop_request_records_the_first_signal_and_restores_handlers():
+    import threading
+
+    from train.preemption import StopRequest
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.requested and stop.name == "SIGUSR1"
+        assert signal.getsignal(signal.SIGUSR1) == before  # a second one would act at once
+    assert signal.getsignal(signal.SIGUSR1) == before
+    seen = []  # off the main thread nothing can be installed: a no-op, not an error
+    thread = threading.Thread(target=lambda: seen.append(StopRequest().__enter__().requested))
+    thread.start()
+    thread.join()
+    assert seen == [False]

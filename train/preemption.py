@@ -11,6 +11,7 @@ workers ignore these signals (``ignore_stop_signals`` is their init function), s
 process, which handles them, can finish its iteration and save; the workers exit with it.
 """
 import signal
+import threading
 from types import FrameType
 from typing import Dict, Optional
 
@@ -40,6 +41,8 @@ class StopRequest:
         signal.signal(signum, self._previous[signum])
 
     def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only: nothing to install
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
