@@ -79,6 +79,21 @@ def _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p):
 
 
 @triton.jit
+def _head_bases(q_ptr, k_ptr, v_ptr, bh, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh):
+    """(batch index b, q, k and v of head bh = b * H + h): the per-head base pointers, int64 offsets."""
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    return (b, q_ptr + b * stride_qb + h * stride_qh, k_ptr + b * stride_kb + h * stride_kh,
+            v_ptr + b * stride_vb + h * stride_vh)
+
+
+@triton.jit
+def _load_rows(base, offs, stride, valid, HEAD_DIM: tl.constexpr):
+    """[len(offs), HEAD_DIM] rows base[offs * stride + :HEAD_DIM]; rows outside `valid` read 0."""
+    return tl.load(base + offs[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :], mask=valid[:, None], other=0.0)
+
+
+@triton.jit
 def _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK: tl.constexpr):
     """True for keys inside [0, Lk) that the padding mask does not ignore."""
     valid = offs_n < Lk
@@ -96,17 +111,13 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                      PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, q_base, k_base, v_base = _head_bases(q_ptr, k_ptr, v_ptr, bh, H, stride_qb, stride_qh, stride_kb, stride_kh,
+                                            stride_vb, stride_vh)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < Lq
-    q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+    q = _load_rows(q_base, offs_m, stride_qm, row_valid, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), ACC)
     l_i = tl.zeros([BLOCK_M], ACC)
@@ -114,7 +125,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        k = _load_rows(k_base, offs_n, stride_kn, offs_n < Lk, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         s = tl.where(key_valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -126,7 +137,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr,
         if DROPOUT:
             keep = _dropout_keep(seed_ptr, bh, offs_m, offs_n, Lq, Lk, dropout_p)
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        v = _load_rows(v_base, offs_n, stride_vn, offs_n < Lk, HEAD_DIM)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION, out_dtype=ACC)
         m_i = m_new
     # l_i = 0 (every key ignored) gives NaN, like the reference
@@ -146,17 +157,13 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, del
                         HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                         PRECISION: tl.constexpr):
     """dq of one query block; first stores delta = rowsum(dO * O) for the dk/dv kernel."""
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, q_base, k_base, v_base = _head_bases(q_ptr, k_ptr, v_ptr, bh, H, stride_qb, stride_qh, stride_kb, stride_kh,
+                                            stride_vb, stride_vh)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_valid = offs_m < Lq
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+    q = _load_rows(q_base, offs_m, stride_qm, row_valid, HEAD_DIM)
     rows = bh.to(tl.int64) * Lq + offs_m
     row_offsets = rows[:, None] * HEAD_DIM + offs_d[None, :]
     do = tl.load(do_ptr + row_offsets, mask=row_valid[:, None], other=0.0)
@@ -169,8 +176,8 @@ def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, dq_ptr, lse_ptr, del
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
-        k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :], mask=(offs_n < Lk)[:, None], other=0.0)
+        k = _load_rows(k_base, offs_n, stride_kn, offs_n < Lk, HEAD_DIM)
+        v = _load_rows(v_base, offs_n, stride_vn, offs_n < Lk, HEAD_DIM)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION, out_dtype=ACC) * qk_scale
         p = tl.where(key_valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION, out_dtype=ACC)
@@ -191,19 +198,15 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, 
                           HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, ACC: tl.constexpr,
                           PRECISION: tl.constexpr):
     """dk and dv of one key block, looping over all query blocks."""
-    pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    b, q_base, k_base, v_base = _head_bases(q_ptr, k_ptr, v_ptr, bh, H, stride_qb, stride_qh, stride_kb, stride_kh,
+                                            stride_vb, stride_vh)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     key_in = offs_n < Lk
     key_valid = _key_valid(mask_ptr, b, offs_n, Lk, HAS_MASK)
-    q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :], mask=key_in[:, None], other=0.0)
-    v = tl.load(v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vn + offs_d[None, :], mask=key_in[:, None], other=0.0)
+    k = _load_rows(k_base, offs_n, stride_kn, key_in, HEAD_DIM)
+    v = _load_rows(v_base, offs_n, stride_vn, key_in, HEAD_DIM)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], ACC)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], ACC)
@@ -211,7 +214,7 @@ def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, 
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_valid = offs_m < Lq
         rows = bh.to(tl.int64) * Lq + offs_m
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_valid[:, None], other=0.0)
+        q = _load_rows(q_base, offs_m, stride_qm, row_valid, HEAD_DIM)
         do = tl.load(do_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_valid[:, None], other=0.0)
         lse = tl.load(lse_ptr + rows, mask=row_valid, other=0.0)
         delta = tl.load(delta_ptr + rows, mask=row_valid, other=0.0)
