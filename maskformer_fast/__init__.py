@@ -29,9 +29,13 @@ _API = {
     "panoptic_inference": "inference",
     "instance_inference": "inference",
     "PanopticMetadata": "inference",
+    "Predictor": "predictor",
+    "read_image": "preprocessing",
+    "read_weights": "weights",
+    "load_weights": "weights",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "convert", "predict", "parity")
+               "config", "model", "convert", "predict", "parity", "predictor", "preprocessing", "weights")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

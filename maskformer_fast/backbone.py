@@ -143,7 +143,12 @@ class SwinBackbone(nn.Module):
         self.feature_info = _feature_info(channels)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """[B, 3, H, W] -> {res2: [B, C, H/4, W/4], ..., res5: [B, 8C, H/32, W/32]}."""
+        """[B, 3, H, W] -> {res2: [B, C, ceil(H/4), ceil(W/4)], ..., res5: [B, 8C, ceil(H/32), ceil(W/32)]}.
+
+        As the official D2SwinTransformer: the input is zero-padded bottom/right to a multiple
+        of the patch size, and each patch merging pads an odd side by one."""
+        ph, pw = self.patch_embed.patch_size
+        x = F.pad(x, (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph))
         x = self.patch_embed(x)  # NHWC
         out = {}
         for i, (name, stage) in enumerate(zip(FEATURE_NAMES, self.layers)):

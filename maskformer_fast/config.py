@@ -85,6 +85,9 @@ class MaskFormerConfig:
     # input normalisation (MODEL.PIXEL_MEAN/STD, RGB, 0-255 scale)
     pixel_mean: Tuple[float, ...] = (123.675, 116.28, 103.53)
     pixel_std: Tuple[float, ...] = (58.395, 57.12, 57.375)
+    # MODEL.MASK_FORMER.SIZE_DIVISIBILITY: the model pads a batch bottom/right up to a multiple
+    # of this; 0 (the COCO panoptic configs: "COCO model should not pad image") pads a batch to
+    # its largest image and nothing more
     size_divisibility: int = 32
     ignore_value: int = 255
 
@@ -108,6 +111,9 @@ class MaskFormerConfig:
     test_max_size: int = 2048
     object_mask_threshold: float = 0.8
     overlap_threshold: float = 0.8
+    # official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or PANOPTIC_ON: mask logits are cropped and
+    # resized to the output size before the sigmoid and the class-mask product (else after)
+    sem_seg_postprocess_before_inference: bool = False
     tta_scales: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     tta_flip: bool = True
 
@@ -116,9 +122,12 @@ class MaskFormerConfig:
             if getattr(self, key) not in choices:
                 raise ValueError(f"MaskFormerConfig.{key} must be one of {choices}, got {getattr(self, key)!r}")
         for key in ("num_classes", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "num_decoder_layers",
-                    "conv_dim", "mask_dim", "window_size", "size_divisibility", "batch_size"):
+                    "conv_dim", "mask_dim", "window_size", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"MaskFormerConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.size_divisibility < 0:
+            raise ValueError(f"MaskFormerConfig.size_divisibility must be >= 0 (0: no padding beyond the batch's "
+                             f"largest image), got {self.size_divisibility}")
         if self.hidden_dim % self.nheads:
             raise ValueError(f"MaskFormerConfig.hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
         if self.conv_dim % 32:
@@ -214,7 +223,7 @@ def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
         # configs/ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k.yaml: the ADE20K recipe at
         # 640 with +6Enc, 720k iterations and the panoptic test thresholds
         r.update(batch_size=16, crop_size=(640, 640), max_iter=720000, test_short_side=640, test_max_size=2560,
-                 object_mask_threshold=0.7, overlap_threshold=0.8)
+                 object_mask_threshold=0.7, overlap_threshold=0.8, sem_seg_postprocess_before_inference=True)
         if not swin:
             r.update(pixel_decoder_encoder_layers=6)
     elif dataset == "coco_stuff":
@@ -226,8 +235,11 @@ def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
     elif dataset == "coco_panoptic":
         # DETR panoptic recipe: 554k iterations at batch 64 (~300 epochs), one lr step at 2/3.
         # The official WARMUP_ITERS 10 comes with WARMUP_FACTOR 1.0, i.e. no warmup in effect.
+        # SIZE_DIVISIBILITY 0 ("COCO model should not pad image", inherited by the Swin configs);
+        # PANOPTIC_ON, hence postprocessing before inference
         r.update(batch_size=64, crop_size=(800, 1333), max_iter=554400, lr_schedule="multistep",
-                 lr_steps=(369600,), warmup_iters=0, test_short_side=800, test_max_size=1333)
+                 lr_steps=(369600,), warmup_iters=0, test_short_side=800, test_max_size=1333,
+                 size_divisibility=0, sem_seg_postprocess_before_inference=True)
         if swin:
             r.update(enforce_input_project=True)
         else:

@@ -127,15 +127,33 @@ def _preview(names: Sequence[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _load_strict(model: nn.Module, tensors: Dict[str, Tensor], source_name: str, strict: bool = True) -> List[str]:
+CLASS_HEAD = ("predictor.class_embed.weight", "predictor.class_embed.bias", "criterion.empty_weight")
+EMPTY_WEIGHT = "criterion.empty_weight"
+
+
+def _check_num_classes(own: Dict[str, Tensor], tensors: Dict[str, Tensor], source_name: str) -> None:
+    """ValueError naming the class-head tensors and both class counts when ``tensors`` were
+    trained for another number of classes than the model has."""
+    for name in CLASS_HEAD:
+        if name in tensors and name in own and len(tensors[name]) != len(own[name]):
+            theirs, ours = len(tensors[name]) - 1, len(own[name]) - 1
+            shapes = ", ".join(f"{k} {tuple(tensors[k].shape)}" for k in CLASS_HEAD if k in tensors)
+            raise ValueError(f"{source_name} is for {theirs} classes ({shapes}) but the model has {ours} "
+                             f"(num_classes={ours}): build it with num_classes={theirs}")
+
+
+def load_state_strict(model: nn.Module, tensors: Dict[str, Tensor], source_name: str, strict: bool = True) -> List[str]:
     """Copy `tensors` into model's state dict; with strict, every entry must match one to one.
 
     Returns the messages about missing/unexpected names (empty when everything matched).
     Shape mismatches are always errors.
     """
     own = model.state_dict()
-    # a BatchNorm step counter (only with frozen_bn=False) is not a weight: keep ours if absent
-    missing = [k for k in own if k not in tensors and not k.endswith("num_batches_tracked")]
+    _check_num_classes(own, tensors, source_name)
+    # not weights, so kept from the model when absent: a BatchNorm step counter (only with
+    # frozen_bn=False), and the criterion's class weights (a constant of the config, which
+    # files converted for inference drop)
+    missing = [k for k in own if k not in tensors and not k.endswith("num_batches_tracked") and k != EMPTY_WEIGHT]
     unexpected = [k for k in tensors if k not in own]
     bad_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                  for k, v in tensors.items() if k in own and v.shape != own[k].shape]
@@ -354,7 +372,7 @@ def from_hf(hf_model, **overrides):
                          f"got {type(hf_model).__name__}")
     model = build_model(config_from_hf(hf_model.config, **overrides))
     tensors, _ = hf_to_state_dict(hf_model)
-    _load_strict(model, tensors, "HF MaskFormer")
+    load_state_strict(model, tensors, "HF MaskFormer")
     return model.train(hf_model.training)
 
 
@@ -482,7 +500,7 @@ def load_official_checkpoint(model: nn.Module, path: Union[str, os.PathLike], st
         raise ValueError(f"load_official_checkpoint expects a MaskFormer built by build_model, "
                          f"got {type(model).__name__}")
     tensors, _ = official_to_state_dict(read_checkpoint(path), cfg.backbone)
-    problems = _load_strict(model, tensors, f"official checkpoint {os.fspath(path)!r}", strict=strict)
+    problems = load_state_strict(model, tensors, f"official checkpoint {os.fspath(path)!r}", strict=strict)
     if problems:
         import warnings
         warnings.warn(f"load_official_checkpoint({os.fspath(path)!r}, strict=False): " + "; ".join(problems))

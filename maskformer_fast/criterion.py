@@ -9,7 +9,11 @@ come out of one ``ops.mask_costs`` call and are solved by one
 
 Conventions: L decoder layers (the final one first, then ``aux_outputs`` in order), B images,
 Q queries, C classes (index C is "no object"), K targets of an image, Kmax the most in the
-batch, h x w the stride-4 prediction size, Hp x Wp = 4h x 4w the padded input size.
+batch, h x w the stride-4 prediction grid, Hp x Wp the padded input size (the model's
+"padded_size"; 4h x 4w for hand-built outputs without it). As the official code, target masks
+are zero-padded to Hp x Wp, the losses upsample predictions to Hp x Wp (bilinear) and the
+matcher resizes targets to h x w (``F.interpolate(mode="nearest")``); neither assumes that
+Hp x Wp is exactly 4h x 4w.
 """
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import matching, ops
+from .inference import padded_size
 
 __all__ = ["MaskFormerCriterion"]
-
-MASK_STRIDE = 4  # pred_masks are at 1/4 of the (padded) input size
 
 
 class _Targets(NamedTuple):
@@ -113,7 +116,7 @@ class MaskFormerCriterion(nn.Module):
         build the per-image padded label / low-resolution mask tensors of the matcher."""
         masks0 = outputs["pred_masks"]
         B, _, h, w = masks0.shape
-        padded = (MASK_STRIDE * h, MASK_STRIDE * w)
+        padded = padded_size(outputs)
         input_size = tuple(outputs.get("input_size", padded))
         if input_size[0] > padded[0] or input_size[1] > padded[1]:
             raise ValueError(f"input_size {input_size} is larger than the padded size {padded} of pred_masks")
@@ -150,10 +153,12 @@ class MaskFormerCriterion(nn.Module):
         image = image.to(device)
         padded_labels = torch.zeros((B, K), dtype=torch.int64, device=device)
         padded_labels[image, slot] = all_labels
-        # The official matcher downsamples with F.interpolate(mode="nearest"), which for an
-        # exact factor of 4 picks pixel 4*i: the strided slice is the same selection.
+        # The official matcher's F.interpolate(mode="nearest") to the prediction grid (uint8:
+        # the same pixel selection as on floats, a quarter of the memory).
         low_res = torch.zeros((B, K, h, w), dtype=masks0.dtype, device=device)
-        low_res[image, slot] = full[:, ::MASK_STRIDE, ::MASK_STRIDE].to(masks0.dtype)
+        if N:
+            nearest = F.interpolate(full[:, None].to(torch.uint8), size=(h, w), mode="nearest")[:, 0]
+            low_res[image, slot] = nearest.to(masks0.dtype)
         return _Targets(padded_labels, counts, full, offsets.to(device), low_res)
 
     # ------------------------------------------------------------------ matching
@@ -215,7 +220,8 @@ class MaskFormerCriterion(nn.Module):
         """Weighted losses of every decoder layer (see the class docstring).
 
         outputs: the model's dict ("pred_logits" [B,Q,C+1], "pred_masks" [B,Q,h,w],
-        optional "aux_outputs" and "input_size" (H, W), default (4h, 4w)); targets: B dicts
+        "padded_size" (Hp, Wp), default (4h, 4w), optional "aux_outputs" and "input_size"
+        (H, W), default the padded size); targets: B dicts
         with "labels" int64 [K] in [0, C) and "masks" binary [K, H, W] (K = 0 allowed);
         matching: a precomputed assignment ``match()`` returned, to reuse instead of solving
         (e.g. to compare losses of two runs on the same pairs).

@@ -6,10 +6,14 @@ Semantic and panoptic follow the official facebookresearch/MaskFormer
 test-time augmentation follows Detectron2's ``SemanticSegmentorWithTTA``.
 
 Shared arguments: ``out`` is the model's dict ("pred_logits" [B,Q,C+1], "pred_masks"
-[B,Q,h,w] mask logits at stride 4 of the padded input Hp x Wp = 4h x 4w, optional
-"input_size"); ``image_sizes[i]`` is the (H, W) of image i's valid region (top-left of the
-padded input; default ``out["input_size"]``); ``output_sizes[i]`` is the (H, W) to return
-(default: the image size). Every function works under ``torch.no_grad``.
+[B,Q,h,w] mask logits on the stride-4 grid of the padded input, "padded_size" (Hp, Wp) the
+size of the input the backbone saw, optional "input_size"); ``image_sizes[i]`` is the (H, W)
+of image i's valid region (top-left of the padded input; default ``out["input_size"]``);
+``output_sizes[i]`` is the (H, W) to return (default: the image size). As the official model,
+the mask logits are upsampled bilinearly to Hp x Wp, then cropped to the image and resized to
+the output size (Detectron2's ``sem_seg_postprocess``). Hand-built outputs without
+"padded_size" are taken as an exact stride-4 grid, Hp x Wp = 4h x 4w. Every function works
+under ``torch.no_grad``.
 """
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -63,11 +67,24 @@ def _check_outputs(out: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
     return logits, masks
 
 
+def padded_size(out: Dict) -> Size:
+    """(Hp, Wp), the size of the input the backbone saw: ``out["padded_size"]``, or 4h x 4w
+    for outputs that do not carry it."""
+    h, w = out["pred_masks"].shape[-2:]
+    size = out.get("padded_size")
+    if size is None:
+        return (MASK_STRIDE * h, MASK_STRIDE * w)
+    size = tuple(int(v) for v in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"padded_size must be (Hp, Wp), positive, got {out['padded_size']}")
+    return size
+
+
 def _sizes(out: Dict, image_sizes: Optional[Sequence[Size]],
            output_sizes: Optional[Sequence[Size]]) -> Tuple[List[Size], List[Size]]:
     """Validated per-image (valid size, output size) lists."""
-    B, _, h, w = out["pred_masks"].shape
-    padded = (MASK_STRIDE * h, MASK_STRIDE * w)
+    B = out["pred_masks"].shape[0]
+    padded = padded_size(out)
     if image_sizes is None:
         image_sizes = [tuple(out.get("input_size", padded))] * B
     image_sizes = [tuple(int(v) for v in s) for s in image_sizes]
@@ -85,37 +102,51 @@ def _sizes(out: Dict, image_sizes: Optional[Sequence[Size]],
 
 
 def _postprocess(maps: torch.Tensor, padded: Size, image_size: Size, output_size: Size) -> torch.Tensor:
-    """Detectron2's sem_seg_postprocess after the official upsampling: [N, h, w] stride-4
-    maps -> bilinear to the padded input size -> crop the valid region -> bilinear to
-    output_size. Returns [N, *output_size]."""
-    x = F.interpolate(maps[None], size=padded, mode="bilinear", align_corners=False)
-    x = x[:, :, : image_size[0], : image_size[1]]
+    """The official upsampling and Detectron2's sem_seg_postprocess: [N, h, w] maps -> bilinear
+    to the padded input size -> crop the valid region -> bilinear to output_size. Returns
+    [N, *output_size]."""
+    return _crop_resize(_upsample(maps, padded), image_size, output_size)
+
+
+def _upsample(maps: torch.Tensor, padded: Size) -> torch.Tensor:
+    """[N, h, w] -> [N, *padded], bilinear (the official F.interpolate to the ImageList size)."""
+    return F.interpolate(maps[None], size=padded, mode="bilinear", align_corners=False)[0]
+
+
+def _crop_resize(maps: torch.Tensor, image_size: Size, output_size: Size) -> torch.Tensor:
+    """Detectron2's sem_seg_postprocess: crop [N, Hp, Wp] to image_size, bilinear to output_size
+    (the identity when the sizes agree, so it is skipped then)."""
+    x = maps[:, : image_size[0], : image_size[1]]
     if tuple(x.shape[-2:]) != tuple(output_size):
-        x = F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)
-    return x[0]
+        x = F.interpolate(x[None], size=output_size, mode="bilinear", align_corners=False)[0]
+    return x
 
 
 @torch.no_grad()
 def semantic_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
-                       output_sizes: Optional[Sequence[Size]] = None) -> List[torch.Tensor]:
+                       output_sizes: Optional[Sequence[Size]] = None,
+                       postprocess_before_inference: bool = False) -> List[torch.Tensor]:
     """Per-class score maps, one float [C, *output_sizes[i]] per image.
 
     score[c] = sum_q softmax(logits_q)[c] * sigmoid(mask_q), without the no-object class.
-    The official code takes this sum at the padded size and then crops and resizes the C
-    maps; cropping and bilinear resizing are linear, so resizing the Q mask maps first gives
-    the same maps (up to rounding) with Q instead of C resizes.
+    postprocess_before_inference (the official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE, on
+    with PANOPTIC_ON): the mask logits are cropped and resized to the output size, then the
+    sigmoid and the sum. Otherwise, as the official default, the sum is taken at the padded
+    size and the C maps are cropped and resized; cropping and bilinear resizing are linear,
+    so resizing the Q sigmoid maps first gives the same maps (up to rounding) with Q instead
+    of C resizes.
     """
     logits, masks = _check_outputs(out)
     image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
-    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    padded = padded_size(out)
     results = []
     for i in range(len(image_sizes)):
         class_prob = logits[i].float().softmax(-1)[:, :-1]  # [Q, C]
-        upsampled = F.interpolate(masks[i][None].float(), size=padded, mode="bilinear", align_corners=False)
-        mask_prob = upsampled[0].sigmoid()[:, : image_sizes[i][0], : image_sizes[i][1]]
-        if tuple(mask_prob.shape[-2:]) != output_sizes[i]:
-            mask_prob = F.interpolate(mask_prob[None], size=output_sizes[i], mode="bilinear",
-                                      align_corners=False)[0]
+        upsampled = _upsample(masks[i].float(), padded)
+        if postprocess_before_inference:
+            mask_prob = _crop_resize(upsampled, image_sizes[i], output_sizes[i]).sigmoid()
+        else:
+            mask_prob = _crop_resize(upsampled.sigmoid(), image_sizes[i], output_sizes[i])
         results.append(torch.einsum("qc,qhw->chw", class_prob, mask_prob))
     return results
 
@@ -137,7 +168,7 @@ def panoptic_inference(out: Dict, image_sizes: Optional[Sequence[Size]], output_
     metadata = _as_metadata(metadata)
     logits, masks = _check_outputs(out)
     image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
-    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    padded = padded_size(out)
     num_classes = logits.shape[-1] - 1
     results = []
     for i in range(len(image_sizes)):
@@ -194,7 +225,7 @@ def instance_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     logits, masks = _check_outputs(out)
     image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
-    padded = (MASK_STRIDE * masks.shape[-2], MASK_STRIDE * masks.shape[-1])
+    padded = padded_size(out)
     num_classes = logits.shape[-1] - 1
     things = None if metadata is None else torch.tensor(sorted(_as_metadata(metadata).thing_classes),
                                                         dtype=torch.int64, device=logits.device)
@@ -218,7 +249,7 @@ def instance_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
 @torch.no_grad()
 def semantic_inference_tta(model: nn.Module, image: torch.Tensor, output_size: Optional[Size] = None,
                            scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
-                           flip: bool = True) -> torch.Tensor:
+                           flip: bool = True, postprocess_before_inference: bool = False) -> torch.Tensor:
     """Multi-scale (+ horizontal flip) semantic inference, as Detectron2's
     SemanticSegmentorWithTTA: the mean of the [C, *output_size] score maps of every
     (scale, flip) view, each computed at its own scale and resized to output_size, flipped
@@ -227,7 +258,8 @@ def semantic_inference_tta(model: nn.Module, image: torch.Tensor, output_size: O
     image: normalised float [3, H, W]; a scale s resizes it to (int(H*s + 0.5),
     int(W*s + 0.5)) bilinearly with antialiasing (as Detectron2's PIL resize). The model runs
     in eval mode (its mode is restored afterwards); the flipped and plain views of a scale
-    go through it as one batch of two.
+    go through it as one batch of two. postprocess_before_inference: as in
+    :func:`semantic_inference`, for every view.
     """
     if image.dim() != 3 or not image.is_floating_point():
         raise ValueError(f"image must be a normalised float [3, H, W] tensor, got {image.dtype} {tuple(image.shape)}")
@@ -243,7 +275,8 @@ def semantic_inference_tta(model: nn.Module, image: torch.Tensor, output_size: O
             size = (int(H * s + 0.5), int(W * s + 0.5))
             resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
             batch = torch.cat([resized, resized.flip(-1)]) if flip else resized
-            maps = semantic_inference(model(batch), [size] * len(batch), [output_size] * len(batch))
+            maps = semantic_inference(model(batch), [size] * len(batch), [output_size] * len(batch),
+                                      postprocess_before_inference)
             for j, m in enumerate(maps):
                 m = m.flip(-1) if j == 1 else m
                 total = m if total is None else total + m

@@ -89,9 +89,13 @@ class MaskFormer(nn.Module):
     """Backbone + pixel decoder + transformer predictor; ``criterion`` holds the training loss.
 
     forward(images [B, 3, H, W], float, already normalised) -> dict with
-      "pred_logits" [B, Q, C+1], "pred_masks" [B, Q, Hp/4, Wp/4] (Hp, Wp: H, W padded up to a
-      multiple of size_divisibility, zeros at the bottom/right), "aux_outputs" (list of
-      num_decoder_layers-1 such dicts, with deep supervision) and "input_size" (H, W).
+      "pred_logits" [B, Q, C+1], "pred_masks" [B, Q, h, w] (the stride-4 grid the convolutions
+      give for the padded input: ceil(ceil(Hp/2)/2) for the ResNets, ceil(Hp/4) for Swin),
+      "aux_outputs" (list of num_decoder_layers-1 such dicts, with deep supervision),
+      "input_size" (H, W) and "padded_size" (Hp, Wp): H, W padded up to a multiple of
+      size_divisibility (zeros at the bottom/right; size_divisibility 0 or 1: Hp, Wp = H, W).
+      Post-processing and the criterion upsample the masks to "padded_size", as the official
+      model upsamples to its ImageList's tensor size.
     """
 
     def __init__(self, cfg: MaskFormerConfig):
@@ -141,19 +145,24 @@ class MaskFormer(nn.Module):
             raise ValueError("images contain NaN or infinite values")
 
     def pad_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Zero-pad H, W (bottom/right) up to a multiple of size_divisibility (official ImageList)."""
+        """Zero-pad H, W (bottom/right) up to a multiple of size_divisibility (official
+        ImageList.from_tensors; 0 or 1 pads nothing)."""
         d = self.size_divisibility
         H, W = images.shape[-2:]
+        if d <= 1:
+            return images
         return F.pad(images, (0, (d - W % d) % d, 0, (d - H % d) % d))
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         self.check_images(images)
         input_size = tuple(images.shape[-2:])
-        features = self.backbone(self.pad_images(images))
+        images = self.pad_images(images)
+        features = self.backbone(images)
         mask_features, encoder_features = self.pixel_decoder(features)
         memory = encoder_features if encoder_features is not None else features["res5"]
         out = self.predictor(memory, mask_features)
         out["input_size"] = input_size
+        out["padded_size"] = tuple(images.shape[-2:])
         return out
 
 

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from maskformer_fast.predict import read_weights
+from maskformer_fast.weights import read_weights
 
 __all__ = ["atomic_save", "CheckpointManager", "rng_state", "set_rng_state", "load_model_weights"]
 

@@ -26,7 +26,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+
+from maskformer_fast.preprocessing import open_image, read_image, rgb_to_id
 
 __all__ = ["DATASETS", "DatasetInfo", "SegmentationDataset", "build_dataset", "read_image",
            "read_label", "read_panoptic_png", "rgb_to_id"]
@@ -82,41 +83,17 @@ def _require_file(path: str, what: str) -> str:
     return path
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode an image file to [H,W,3] uint8 RGB; errors name the file."""
-    _require_file(path, "image")
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise ValueError(f"cannot decode image {path}: {e}") from None
-
-
 def read_label(path: str) -> np.ndarray:
-    """Decode a single-channel label PNG to [H,W] (its stored integer values)."""
-    _require_file(path, "annotation")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"annotation {path} has mode {img.mode}; expected a single-channel label PNG")
-            return np.asarray(img).astype(np.int64)
-    except OSError as e:
-        raise ValueError(f"cannot decode annotation {path}: {e}") from None
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG colours [H,W,3] -> segment ids [H,W] (id = R + 256 G + 256^2 B)."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+    """Decode a single-channel label PNG to [H,W] (its stored integer values; EXIF orientation
+    applied, as Detectron2's read_image does for annotations too)."""
+    img = open_image(path, "annotation")
+    if img.mode not in ("L", "P", "I", "I;16"):
+        raise ValueError(f"annotation {path} has mode {img.mode}; expected a single-channel label PNG")
+    return np.asarray(img).astype(np.int64)
 
 
 def read_panoptic_png(path: str) -> np.ndarray:
-    _require_file(path, "panoptic annotation")
-    try:
-        with Image.open(path) as img:
-            return rgb_to_id(np.asarray(img.convert("RGB")))
-    except OSError as e:
-        raise ValueError(f"cannot decode panoptic annotation {path}: {e}") from None
+    return rgb_to_id(np.asarray(open_image(path, "panoptic annotation").convert("RGB")))
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

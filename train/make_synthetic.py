@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from maskformer_fast.config import thing_classes
-from maskformer_fast.predict import id_to_rgb  # the COCO panoptic PNG encoding, shared
+from maskformer_fast.preprocessing import id_to_rgb  # the COCO panoptic PNG encoding, shared
 
 FORMATS = ("ade20k", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes")
 

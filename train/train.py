@@ -48,12 +48,15 @@ from PIL import Image  # noqa: E402
 import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
 from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
-from train.checkpoint import CheckpointManager, load_model_weights, rng_state, set_rng_state  # noqa: E402
+from maskformer_fast.predictor import Predictor  # noqa: E402
+from maskformer_fast.preprocessing import id_to_rgb  # noqa: E402
+from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
+from train.checkpoint import CheckpointManager, rng_state, set_rng_state  # noqa: E402
 from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
-from train.make_synthetic import id_to_rgb, make_synthetic  # noqa: E402
+from train.make_synthetic import make_synthetic  # noqa: E402
 from train.preemption import StopRequest, ignore_stop_signals  # noqa: E402
 from train.solver import build_optimizer, build_scheduler  # noqa: E402
-from train.transforms import EvalMapper, PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
+from train.transforms import PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join("output", "default")
 # A model and recipe small enough for a CPU: used when no --data-root is given (synthetic data).
@@ -69,8 +72,12 @@ SYNTHETIC_IMAGES, SYNTHETIC_SIZE = 16, 64
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train / evaluate MaskFormer (see the module docstring).")
-    p.add_argument("--preset", default=None, help="config preset (default maskformer_r50_<dataset>)")
-    p.add_argument("--dataset", default="ade20k", choices=DATASETS)
+    p.add_argument("--preset", default=None,
+                   help="config preset (default: with --eval-only the --weights checkpoint's config, else "
+                        "maskformer_r50_<dataset>)")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="default: the preset's dataset (ade20k without --preset); another dataset than the "
+                        "preset's needs num_classes=N")
     p.add_argument("--data-root", default=None,
                    help="dataset folder; without it a synthetic dataset is written under OUTPUT/synthetic_data")
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
@@ -90,7 +97,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true", help="multi-scale + flip semantic evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint if present")
     p.add_argument("--eval-only", action="store_true")
-    p.add_argument("--weights", default=None, help="model weights for --eval-only (checkpoint or state dict)")
+    p.add_argument("--weights", default=None,
+                   help="model weights for --eval-only: a train.py checkpoint (its config is used unless --preset "
+                        "is given), a bare state dict, or an official .pkl/.pth")
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loader processes (default: 4 on CUDA, 0 on CPU where they compete with training)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -232,82 +241,85 @@ def synthetic_root(args) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def build_config(args) -> "mf.MaskFormerConfig":
-    overrides = dict(SYNTHETIC_OVERRIDES) if args.data_root is None else {}
+def build_config(args, weights: Optional[Weights] = None) -> "mf.MaskFormerConfig":
+    """--preset, else the saved config of an --eval-only checkpoint, else maskformer_r50_<dataset>
+    (with ``SYNTHETIC_OVERRIDES`` on synthetic data); then the command line's overrides. Sets
+    ``args.dataset`` to the config's dataset when it was not given, and refuses a dataset other
+    than the preset's unless num_classes is overridden (the preset's recipe is then kept)."""
+    saved = weights is not None and weights.config is not None and args.preset is None
+    overrides = dict(SYNTHETIC_OVERRIDES) if args.data_root is None and not saved else {}
+    cli = {}
     for item in args.overrides:
         if "=" not in item:
             raise ValueError(f"config override {item!r} is not KEY=VALUE")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = value
+        cli[key.strip()] = value
     for key, value in (("max_iter", args.max_iter), ("batch_size", args.batch_size)):
         if value is not None:
-            overrides[key] = value
+            cli[key] = value
     if args.crop is not None:
-        overrides["crop_size"] = (args.crop, args.crop)
-    return mf.get_config(args.preset or f"maskformer_r50_{args.dataset}", **overrides)
+        cli["crop_size"] = (args.crop, args.crop)
+    default = f"maskformer_r50_{args.dataset or 'ade20k'}"
+    cfg = config_for_weights(weights, args.preset, default, {**overrides, **cli})
+    if args.dataset is None:
+        if cfg.dataset not in DATASETS:
+            raise ValueError(f"preset {cfg.name} is for dataset {cfg.dataset}, which train.py has no reader for "
+                             f"(readers: {', '.join(DATASETS)}); pass --dataset and num_classes=N")
+        args.dataset = cfg.dataset
+    elif args.dataset != cfg.dataset:
+        if "num_classes" not in cli:
+            raise ValueError(f"--dataset {args.dataset} does not match preset {cfg.name} (dataset {cfg.dataset}, "
+                             f"{cfg.num_classes} classes): use a {args.dataset} preset, or override num_classes=N "
+                             f"to train this preset's recipe on {args.dataset}")
+        cfg = dataclasses.replace(cfg, dataset=args.dataset)
+    return cfg
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def _normalise(image: torch.Tensor, cfg, device) -> torch.Tensor:
-    mean = torch.tensor(cfg.pixel_mean, device=device).view(3, 1, 1)
-    std = torch.tensor(cfg.pixel_std, device=device).view(3, 1, 1)
-    return (image.to(device).float() - mean) / std
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, d: Dist, amp_ctx,
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, d: Dist, amp: str,
              output_dir: str, tta: bool = False) -> Dict[str, float]:
     """Semantic (mIoU, fwIoU, mACC, pACC) or panoptic (PQ/SQ/RQ, things/stuff) metrics, in percent.
 
-    Each rank evaluates every world-th image; semantic confusion matrices are summed, panoptic
+    Images become results through the same :class:`~maskformer_fast.predictor.Predictor` that
+    predict uses (one read, resize, normalisation and post-processing path). Each rank
+    evaluates every world-th image; semantic confusion matrices are summed, panoptic
     predictions are gathered and scored by rank 0 with :func:`pq_compute`.
     """
     was_training = model.training
     model.eval()
-    mapper = EvalMapper(cfg.test_short_side, cfg.test_max_size)
     info = dataset.info
+    predictor = Predictor(model, cfg, info.task, device, tta=tta and info.task == "semantic", amp=amp,
+                          thing_classes=[c for c in info.thing_classes if c < cfg.num_classes])
     indices = range(d.rank, len(dataset), d.world)
     try:
         if info.task == "semantic":
             evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
             for i in indices:
                 sample = dataset.load(i)
-                image = _normalise(mapper(sample)["image"], cfg, device)
-                with amp_ctx():
-                    if tta:
-                        scores = mf.semantic_inference_tta(model, image, sample["sem_seg"].shape, cfg.tta_scales,
-                                                           cfg.tta_flip)
-                    else:
-                        out = model(image[None])
-                        scores = mf.semantic_inference(out, [image.shape[-2:]], [sample["sem_seg"].shape])[0]
-                evaluator.update(scores.argmax(0).cpu(), sample["sem_seg"])
+                evaluator.update(predictor(sample["image"]), sample["sem_seg"])
             if d.world > 1:
                 confusion = torch.from_numpy(evaluator.confusion).to(device)
                 dist.all_reduce(confusion)
                 evaluator.confusion = confusion.cpu().numpy()
             m = evaluator.compute()
             return {k: m[k] for k in ("mIoU", "fwIoU", "mACC", "pACC")}
-        return _evaluate_panoptic(model, dataset, cfg, device, d, amp_ctx, output_dir, mapper, indices)
+        return _evaluate_panoptic(predictor, dataset, d, output_dir, indices)
     finally:
         model.train(was_training)
 
 
-def _evaluate_panoptic(model, dataset, cfg, device, d, amp_ctx, output_dir, mapper, indices) -> Dict[str, float]:
+def _evaluate_panoptic(predictor: Predictor, dataset, d, output_dir, indices) -> Dict[str, float]:
     info = dataset.info
     pred_dir = os.path.join(output_dir, "panoptic_predictions")
     os.makedirs(pred_dir, exist_ok=True)
-    metadata = mf.inference.PanopticMetadata(frozenset(info.thing_classes))
     annotations = []
     for i in indices:
         sample = dataset.load(i)
-        image = _normalise(mapper(sample)["image"], cfg, device)
-        with amp_ctx():
-            out = model(image[None])
-        seg, segments = mf.panoptic_inference(out, [image.shape[-2:]], [sample["pan_seg"].shape], metadata,
-                                              cfg.object_mask_threshold, cfg.overlap_threshold)[0]
-        seg = seg.cpu().numpy().astype(np.int64)
+        seg, segments = predictor(sample["image"])
+        seg = seg.numpy().astype(np.int64)
         kept = []
         for s in segments:
             if s["category_id"] < len(info.categories):
@@ -406,7 +418,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    cfg = build_config(args)
+    weights = read_weights(args.weights) if args.eval_only else None
+    cfg = build_config(args, weights)
     root = args.data_root if args.data_root is not None else synthetic_root(args)
     eval_set = build_dataset(args.dataset, root, args.eval_split)
     amp_ctx = amp_context(args.amp, device)
@@ -417,8 +430,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     model = mf.build_model(cfg).to(device)
 
     if args.eval_only:
-        model.load_state_dict(load_model_weights(args.weights))
-        results = evaluate(model, eval_set, cfg, device, d, amp_ctx, os.path.join(args.output, "eval"), args.tta)
+        load_weights(model, args.weights, weights)
+        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta)
         metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
         log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
         metrics.close()
@@ -470,7 +483,7 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
 
     def run_eval(iteration: int) -> Dict[str, float]:
         saved = rng_state()  # evaluation must not shift the training random stream
-        results = evaluate(model, eval_set, cfg, device, d, amp_ctx, os.path.join(args.output, "eval"), args.tta)
+        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta)
         set_rng_state(saved)
         if d.main:
             metrics.write({"iter": iteration, **results}, "eval")

@@ -10,7 +10,6 @@
 * :class:`PanopticTrainMapper` follows ``DETRPanopticDatasetMapper`` (COCO panoptic): flip,
   then either a short-side resize or (half the time) a 400/500/600 resize + random crop
   384..600 before it; one mask per non-crowd segment.
-* :class:`EvalMapper` resizes the short side to the test size for inference.
 
 Every random draw comes from the ``np.random.Generator`` passed in, so a sample's
 augmentation depends only on the seed the loader derives for it (see ``train.py``).
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskformer_fast.predict import resize_image, resized_shape  # the test-time resize, shared
+from maskformer_fast.preprocessing import normalize, resize_image, resized_shape  # shared with predict
 
 __all__ = ["resized_shape", "resize_image", "resize_label", "ColorAugSSD", "SemanticTrainMapper",
-           "PanopticTrainMapper", "EvalMapper", "collate"]
+           "PanopticTrainMapper", "collate"]
 
 
 def resize_label(label: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -229,19 +228,6 @@ class PanopticTrainMapper:
         return {"image": _to_chw(image), **panoptic_targets(ids, sample["segments_info"])}
 
 
-class EvalMapper:
-    """Resize the short side to ``short_side`` (long side <= ``max_size``); labels stay at full size."""
-
-    def __init__(self, short_side: int, max_size: int):
-        self.short_side = short_side
-        self.max_size = max_size
-
-    def __call__(self, sample: Dict) -> Dict:
-        image = sample["image"]
-        shape = resized_shape(*image.shape[:2], float(self.short_side), self.max_size)
-        return {"image": _to_chw(resize_image(image, shape)), "orig_size": image.shape[:2]}
-
-
 def collate(batch: List[Dict], pixel_mean: Sequence[float], pixel_std: Sequence[float],
             ) -> Tuple[torch.Tensor, List[Dict[str, torch.Tensor]], List[Tuple[int, int]]]:
     """Normalise and pad a list of mapped samples into a batch.
@@ -252,15 +238,13 @@ def collate(batch: List[Dict], pixel_mean: Sequence[float], pixel_std: Sequence[
     Returns:
         images [B,3,H,W] float32, targets (labels [K] int64, masks [K,H,W] bool), image sizes.
     """
-    mean = torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1)
     sizes = [tuple(s["image"].shape[-2:]) for s in batch]
     height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
     images = torch.zeros(len(batch), 3, height, width)
     targets = []
     for i, s in enumerate(batch):
         h, w = sizes[i]
-        images[i, :, :h, :w] = (s["image"].float() - mean) / std
+        images[i, :, :h, :w] = normalize(s["image"], pixel_mean, pixel_std)
         if "masks" in s:
             masks = torch.zeros(len(s["masks"]), height, width, dtype=torch.bool)
             masks[:, :h, :w] = s["masks"]
