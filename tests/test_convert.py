@@ -264,13 +264,41 @@ def test_missing_file_names_the_path(r50_model, tmp_path):
         load_official_checkpoint(r50_model, path)
 
 
-def test_wrong_shape_is_reported(r50_model, r50_ckpt, tmp_path):
-    """A checkpoint for 171 classes (COCO-Stuff) into a 150-class model."""
+def test_other_class_count_names_the_class_head(r50_model, r50_ckpt, tmp_path):
+    """A checkpoint for 171 classes (COCO-Stuff) into a 150-class model: the class-head tensors and
+    both counts are named."""
     ckpt = dict(r50_ckpt)
     ckpt["sem_seg_head.predictor.class_embed.weight"] = torch.randn(172, 256)
-    with pytest.raises(ValueError, match=r"wrong shape.*predictor\.class_embed\.weight: checkpoint \(172, 256\) "
-                                         r"vs model \(151, 256\)"):
+    ckpt["sem_seg_head.predictor.class_embed.bias"] = torch.randn(172)
+    ckpt["criterion.empty_weight"] = torch.ones(172)
+    with pytest.raises(ValueError, match=r"is for 171 classes \(predictor\.class_embed\.weight \(172, 256\), "
+                                         r"predictor\.class_embed\.bias \(172,\), criterion\.empty_weight \(172,\)\) "
+                                         r"but the model has 150 \(num_classes=150\)"):
         load_official_checkpoint(r50_model, save_pth(tmp_path / "stuff.pth", ckpt))
+
+
+def test_wrong_shape_is_reported(r50_model, r50_ckpt, tmp_path):
+    ckpt = dict(r50_ckpt)
+    ckpt["sem_seg_head.predictor.mask_embed.layers.0.weight"] = torch.randn(256, 128)
+    with pytest.raises(ValueError, match=r"wrong shape.*predictor\.mask_embed\.layers\.0\.weight: checkpoint "
+                                         r"\(256, 128\) vs model \(256, 256\)"):
+        load_official_checkpoint(r50_model, save_pth(tmp_path / "odd.pth", ckpt))
+
+
+def test_empty_weight_is_optional(r50_model, r50_ckpt, tmp_path):
+    """Files converted for inference drop criterion.empty_weight, a constant of the config: they
+    load, and the model keeps its own (no_object_weight 0.1); a file with it loads it."""
+    ckpt = {k: v for k, v in r50_ckpt.items() if k != "criterion.empty_weight"}
+    assert len(ckpt) == len(r50_ckpt) - 1
+    expected = torch.ones(151)
+    expected[-1] = 0.1
+    r50_model.criterion.empty_weight.copy_(expected)  # the module-wide model may hold a loaded one
+    model = load_official_checkpoint(r50_model, save_pth(tmp_path / "inference.pth", ckpt))
+    assert torch.equal(model.criterion.empty_weight, expected)
+    torch.testing.assert_close(model.predictor.class_embed.bias, ckpt["sem_seg_head.predictor.class_embed.bias"])
+    with_it = dict(r50_ckpt, **{"criterion.empty_weight": torch.full((151,), 0.5)})
+    model = load_official_checkpoint(r50_model, save_pth(tmp_path / "train.pth", with_it))
+    assert torch.equal(model.criterion.empty_weight, torch.full((151,), 0.5))
 
 
 def test_missing_and_unknown_tensors(r50_model, r50_ckpt, tmp_path):

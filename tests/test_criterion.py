@@ -42,7 +42,9 @@ def pad_targets(targets, padded):
 def official_losses64(outputs, targets, num_classes, eos=0.1):
     """Float64 transcription of the official loop: returns (weighted losses, indices per layer)."""
     h, w = outputs["pred_masks"].shape[-2:]
-    padded = pad_targets(targets, (4 * h, 4 * w))
+    # the official prepare_targets pads to the ImageList's tensor size (4h x 4w only when the
+    # padded size happens to be an exact multiple of 4)
+    padded = pad_targets(targets, outputs.get("padded_size", (4 * h, 4 * w)))
     num_masks = max(sum(len(t["labels"]) for t in targets), 1)
     weight = torch.ones(num_classes + 1, dtype=torch.float64)
     weight[-1] = eos
@@ -81,7 +83,8 @@ def official_losses64(outputs, targets, num_classes, eos=0.1):
     return losses, all_indices
 
 
-def make_batch(counts, Q=6, C=4, h=5, w=7, input_size=(18, 26), num_aux=2, seed=0, requires_grad=False):
+def make_batch(counts, Q=6, C=4, h=5, w=7, input_size=(18, 26), num_aux=2, seed=0, requires_grad=False,
+               padded_size=None):
     g = torch.Generator().manual_seed(seed)
     B = len(counts)
 
@@ -92,6 +95,8 @@ def make_batch(counts, Q=6, C=4, h=5, w=7, input_size=(18, 26), num_aux=2, seed=
     outputs = layer()
     outputs["aux_outputs"] = [layer() for _ in range(num_aux)]
     outputs["input_size"] = input_size
+    if padded_size is not None:
+        outputs["padded_size"] = padded_size
     targets = [{"labels": torch.randint(0, C, (k,), generator=g),
                 "masks": torch.rand(k, *input_size, generator=g) > 0.6} for k in counts]
     return outputs, targets
