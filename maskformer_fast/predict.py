@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from .predictor import TASKS, Predictor
-from .preprocessing import id_to_rgb, preprocess, read_image, resize_image, resized_shape
+from .preprocessing import id_to_rgb, preprocess, read_image, resize_image, resized_shape, save_label_map
 from .weights import Weights, config_for_weights, load_weights, read_weights
 
 __all__ = ["resized_shape", "resize_image", "preprocess", "read_image", "read_weights", "load_weights",
@@ -89,9 +89,7 @@ def write_result(task: str, result, output: str, name: str, num_classes: int) ->
     """Write one image's prediction under ``output`` (see the module docstring); returns the paths."""
     base = os.path.join(output, name)
     if task == "semantic":
-        labels = result.numpy()
-        dtype = np.uint8 if num_classes <= 255 else np.uint16
-        Image.fromarray(labels.astype(dtype)).save(base + ".png")
+        save_label_map(result.numpy(), num_classes, base + ".png")
         return [base + ".png"]
     if task == "panoptic":
         ids, segments = result

@@ -8,7 +8,8 @@ Detectron2's conventions, without Detectron2:
   images are scaled to 8 bits.
 * :func:`resized_shape` / :func:`resize_image` are ``ResizeShortestEdge`` (PIL bilinear on uint8).
 * :func:`normalize` is the model's ``(x - pixel_mean) / pixel_std`` on 0-255 RGB.
-* :func:`id_to_rgb` / :func:`rgb_to_id` are the COCO panoptic PNG encoding (panopticapi's).
+* :func:`id_to_rgb` / :func:`rgb_to_id` are the COCO panoptic PNG encoding (panopticapi's);
+  :func:`save_label_map` writes a semantic label map (predict and evaluation alike).
 """
 import os
 from typing import Sequence, Tuple
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 __all__ = ["read_image", "open_image", "apply_exif_orientation", "resized_shape", "resize_image", "normalize", "preprocess",
-           "id_to_rgb", "rgb_to_id"]
+           "id_to_rgb", "rgb_to_id", "save_label_map"]
 
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
@@ -114,3 +115,8 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     """COCO panoptic PNG colours [H,W,3] -> segment ids [H,W] (id = R + 256 G + 256^2 B)."""
     rgb = rgb.astype(np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def save_label_map(labels: np.ndarray, num_classes: int, path: str) -> None:
+    """A semantic label map [H, W] as a PNG: uint8, or uint16 when there are more than 255 classes."""
+    Image.fromarray(labels.astype(np.uint8 if num_classes <= 255 else np.uint16)).save(path)

@@ -49,7 +49,7 @@ import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
 from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
 from maskformer_fast.predictor import Predictor  # noqa: E402
-from maskformer_fast.preprocessing import id_to_rgb  # noqa: E402
+from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
 from train.checkpoint import CheckpointManager, rng_state, set_rng_state  # noqa: E402
 from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
@@ -280,8 +280,11 @@ def build_config(args, weights: Optional[Weights] = None) -> "mf.MaskFormerConfi
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, d: Dist, amp: str,
-             output_dir: str, tta: bool = False) -> Dict[str, float]:
+             output_dir: str, tta: bool = False, save_semantic: bool = False) -> Dict[str, float]:
     """Semantic (mIoU, fwIoU, mACC, pACC) or panoptic (PQ/SQ/RQ, things/stuff) metrics, in percent.
+    Panoptic predictions are written under ``output_dir`` (PNGs + json, for pq_compute); with
+    save_semantic, semantic label maps too (``output_dir/semantic_predictions/NAME.png``, as
+    predict writes them).
 
     Images become results through the same :class:`~maskformer_fast.predictor.Predictor` that
     predict uses (one read, resize, normalisation and post-processing path). Each rank
@@ -297,9 +300,16 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, 
     try:
         if info.task == "semantic":
             evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
+            pred_dir = os.path.join(output_dir, "semantic_predictions")
+            if save_semantic:
+                os.makedirs(pred_dir, exist_ok=True)
             for i in indices:
                 sample = dataset.load(i)
-                evaluator.update(predictor(sample["image"]), sample["sem_seg"])
+                labels = predictor(sample["image"])
+                evaluator.update(labels, sample["sem_seg"])
+                if save_semantic:
+                    name = os.path.splitext(os.path.basename(sample["file_name"]))[0] + ".png"
+                    save_label_map(labels.numpy(), cfg.num_classes, os.path.join(pred_dir, name))
             if d.world > 1:
                 confusion = torch.from_numpy(evaluator.confusion).to(device)
                 dist.all_reduce(confusion)
@@ -431,7 +441,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
 
     if args.eval_only:
         load_weights(model, args.weights, weights)
-        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta)
+        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta,
+                           save_semantic=True)
         metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
         log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
         metrics.close()
