@@ -159,3 +159,51 @@ def test_model_batch_losses_match_the_official_loop():
     expected, _ = official_losses64(out, targets, cfg.num_classes)
     for key in expected:
         assert_close_verbose(losses[key], expected[key], rtol=1e-8, atol=1e-12, name=key)  # empty_weight is fp32
+
+
+# Every official maskformer_*.yaml (facebookresearch/MaskFormer configs/, _BASE_ chains resolved):
+# MODEL.MASK_FORMER.SIZE_DIVISIBILITY (default 32) and SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
+# or TEST.PANOPTIC_ON, with the preset that mirrors it. The same table is in NOTES.md.
+OFFICIAL_CONFIGS = {
+    "ade20k-150-panoptic/maskformer_panoptic_R101_bs16_720k": ("maskformer_r101_ade20k_panoptic", 32, True),
+    "ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k": ("maskformer_r50_ade20k_panoptic", 32, True),
+    "ade20k-150/maskformer_R101_bs16_160k": ("maskformer_r101_ade20k", 32, False),
+    "ade20k-150/maskformer_R101c_bs16_160k": ("maskformer_r101c_ade20k", 32, False),
+    "ade20k-150/maskformer_R50_bs16_160k": ("maskformer_r50_ade20k", 32, False),
+    "ade20k-150/swin/maskformer_swin_base_IN21k_384_bs16_160k_res640": ("maskformer_swin_b_ade20k", 32, False),
+    "ade20k-150/swin/maskformer_swin_large_IN21k_384_bs16_160k_res640": ("maskformer_swin_l_ade20k", 32, False),
+    "ade20k-150/swin/maskformer_swin_small_bs16_160k": ("maskformer_swin_s_ade20k", 32, False),
+    "ade20k-150/swin/maskformer_swin_tiny_bs16_160k": ("maskformer_swin_t_ade20k", 32, False),
+    "ade20k-full-847/maskformer_R101_bs16_200k": ("maskformer_r101_ade20k_full", 32, False),
+    "ade20k-full-847/maskformer_R101c_bs16_200k": ("maskformer_r101c_ade20k_full", 32, False),
+    "ade20k-full-847/maskformer_R50_bs16_200k": ("maskformer_r50_ade20k_full", 32, False),
+    "cityscapes-19/maskformer_R101_bs16_90k": ("maskformer_r101_cityscapes", 32, False),
+    "cityscapes-19/maskformer_R101c_bs16_90k": ("maskformer_r101c_cityscapes", 32, False),
+    "coco-panoptic/maskformer_panoptic_R101_bs64_554k": ("maskformer_r101_coco_panoptic", 0, True),
+    "coco-panoptic/maskformer_panoptic_R50_bs64_554k": ("maskformer_r50_coco_panoptic", 0, True),
+    "coco-panoptic/swin/maskformer_panoptic_swin_base_IN21k_384_bs64_554k": ("maskformer_swin_b_coco_panoptic", 0, True),
+    "coco-panoptic/swin/maskformer_panoptic_swin_large_IN21k_384_bs64_554k": ("maskformer_swin_l_coco_panoptic", 0, True),
+    "coco-panoptic/swin/maskformer_panoptic_swin_small_bs64_554k": ("maskformer_swin_s_coco_panoptic", 0, True),
+    "coco-panoptic/swin/maskformer_panoptic_swin_tiny_bs64_554k": ("maskformer_swin_t_coco_panoptic", 0, True),
+    "coco-stuff-10k-171/maskformer_R101_bs32_60k": ("maskformer_r101_coco_stuff", 32, False),
+    "coco-stuff-10k-171/maskformer_R101c_bs32_60k": ("maskformer_r101c_coco_stuff", 32, False),
+    "coco-stuff-10k-171/maskformer_R50_bs32_60k": ("maskformer_r50_coco_stuff", 32, False),
+    "mapillary-vistas-65/maskformer_R50_bs16_300k": ("maskformer_r50_mapillary", 32, False),
+}
+
+
+@pytest.mark.parametrize("yaml_name", sorted(OFFICIAL_CONFIGS))
+def test_presets_follow_their_official_config(yaml_name):
+    preset, divisibility, before = OFFICIAL_CONFIGS[yaml_name]
+    cfg = mf.get_config(preset)
+    assert (cfg.size_divisibility, cfg.sem_seg_postprocess_before_inference) == (divisibility, before)
+
+
+def test_presets_without_an_official_config_follow_their_dataset():
+    """Presets the official code has no yaml for take their dataset's rule (COCO panoptic: no
+    padding; panoptic datasets: postprocessing before inference)."""
+    covered = {p for p, _, _ in OFFICIAL_CONFIGS.values()}
+    for name in sorted(set(mf.list_presets()) - covered):
+        cfg = mf.get_config(name)
+        assert cfg.size_divisibility == (0 if cfg.dataset == "coco_panoptic" else 32), name
+        assert cfg.sem_seg_postprocess_before_inference == (cfg.dataset in ("coco_panoptic", "ade20k_panoptic")), name
