@@ -16,17 +16,20 @@ the output size (Detectron2's ``sem_seg_postprocess``). Hand-built outputs witho
 under ``torch.no_grad``.
 """
 from dataclasses import dataclass
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PanopticMetadata", "semantic_inference", "panoptic_inference", "instance_inference",
+__all__ = ["PanopticMetadata", "semantic_inference", "semantic_labels", "panoptic_inference", "instance_inference",
            "semantic_inference_tta"]
 
 MASK_STRIDE = 4
 Size = Tuple[int, int]
+# The largest [maps, rows, W] float buffer the full-resolution post-processing of semantic labels
+# and panoptic maps builds (128 MB): larger outputs are processed in bands of rows.
+TILE_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,40 @@ def _crop_resize(maps: torch.Tensor, image_size: Size, output_size: Size) -> tor
     return x
 
 
+def _source_index(n_out: int, n_in: int, start: int, stop: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear (align_corners=False) source rows of output rows start..stop-1: (lower index,
+    upper index, weight of the upper), PyTorch's formula."""
+    dst = torch.arange(start, stop, dtype=torch.float64)
+    src = ((dst + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    return lo, (lo + 1).clamp(max=n_in - 1), (src - lo).float()
+
+
+def _bands(maps: torch.Tensor, image_size: Size, output_size: Size, rows_per_band: int
+           ) -> Iterator[Tuple[slice, torch.Tensor]]:
+    """:func:`_crop_resize` of [N, Hp, Wp] maps in bands of output rows: (rows, [N, band, W]).
+
+    One band, through F.interpolate, when the whole output has at most rows_per_band rows;
+    otherwise the separable bilinear resize row band by row band (the same formula; rounding
+    differs from F.interpolate by ~1e-5), so that a 100-megapixel output never needs
+    [N, H, W] at once."""
+    H, W = output_size
+    if H <= rows_per_band:
+        yield slice(0, H), _crop_resize(maps, image_size, output_size)
+        return
+    x = maps[:, : image_size[0], : image_size[1]]
+    j0, j1, wx = (t.to(maps.device) for t in _source_index(W, x.shape[-1], 0, W))
+    for start in range(0, H, rows_per_band):
+        stop = min(start + rows_per_band, H)
+        i0, i1, wy = (t.to(maps.device) for t in _source_index(H, x.shape[-2], start, stop))
+        rows = x[:, i0] * (1 - wy)[:, None] + x[:, i1] * wy[:, None]
+        yield slice(start, stop), rows[:, :, j0] * (1 - wx) + rows[:, :, j1] * wx
+
+
+def _rows_per_band(width: int, channels: int, tile_elements: int) -> int:
+    return max(1, tile_elements // max(1, channels * width))
+
+
 @torch.no_grad()
 def semantic_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
                        output_sizes: Optional[Sequence[Size]] = None,
@@ -152,9 +189,35 @@ def semantic_inference(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
 
 
 @torch.no_grad()
+def semantic_labels(out: Dict, image_sizes: Optional[Sequence[Size]] = None,
+                    output_sizes: Optional[Sequence[Size]] = None, postprocess_before_inference: bool = False,
+                    tile_elements: int = TILE_ELEMENTS) -> List[torch.Tensor]:
+    """The argmax of :func:`semantic_inference`, int64 [*output_sizes[i]] per image, computed in
+    bands of output rows so that no buffer exceeds ~tile_elements values ([C, band, W]): a
+    10000 x 10000 output needs well under 2 GB instead of C x H x W floats (60 GB at C=150)."""
+    logits, masks = _check_outputs(out)
+    image_sizes, output_sizes = _sizes(out, image_sizes, output_sizes)
+    padded = padded_size(out)
+    results = []
+    for i, (image_size, output_size) in enumerate(zip(image_sizes, output_sizes)):
+        class_prob = logits[i].float().softmax(-1)[:, :-1]  # [Q, C]
+        upsampled = _upsample(masks[i].float(), padded)
+        if not postprocess_before_inference:
+            upsampled = upsampled.sigmoid()
+        labels = torch.empty(output_size, dtype=torch.int64, device=masks.device)
+        rows_per_band = _rows_per_band(output_size[1], max(class_prob.shape), tile_elements)
+        for rows, band in _bands(upsampled, image_size, output_size, rows_per_band):
+            prob = band.sigmoid() if postprocess_before_inference else band
+            labels[rows] = torch.einsum("qc,qhw->chw", class_prob, prob).argmax(0)
+        results.append(labels)
+    return results
+
+
+@torch.no_grad()
 def panoptic_inference(out: Dict, image_sizes: Optional[Sequence[Size]], output_sizes: Optional[Sequence[Size]],
                        metadata: Union[PanopticMetadata, Mapping], object_mask_threshold: float = 0.8,
-                       overlap_threshold: float = 0.8) -> List[Tuple[torch.Tensor, List[Dict]]]:
+                       overlap_threshold: float = 0.8, tile_elements: int = TILE_ELEMENTS
+                       ) -> List[Tuple[torch.Tensor, List[Dict]]]:
     """Panoptic segmentation per image: (segment id map int32 [*output_size], segments_info).
 
     As the official code: the mask logits are resized to the output size first; queries
@@ -177,36 +240,67 @@ def panoptic_inference(out: Dict, image_sizes: Optional[Sequence[Size]], output_
         if not keep.any():
             results.append((torch.zeros(output_sizes[i], dtype=torch.int32, device=masks.device), []))
             continue
-        mask_prob = _postprocess(masks[i][keep].float(), padded, image_sizes[i], output_sizes[i]).sigmoid()
-        results.append(_panoptic_segments(scores[keep], labels[keep], mask_prob, metadata, overlap_threshold))
+        upsampled = _upsample(masks[i][keep].float(), padded)
+        results.append(_panoptic_segments(scores[keep], labels[keep], upsampled, image_sizes[i], output_sizes[i],
+                                          metadata, overlap_threshold, tile_elements))
     return results
 
 
-def _panoptic_segments(scores: torch.Tensor, classes: torch.Tensor, mask_prob: torch.Tensor,
-                       metadata: PanopticMetadata, overlap_threshold: float) -> Tuple[torch.Tensor, List[Dict]]:
-    """The official per-image panoptic merge of the kept queries' [N, H, W] mask probabilities."""
-    panoptic_seg = torch.zeros(mask_prob.shape[-2:], dtype=torch.int32, device=mask_prob.device)
-    winner = (scores[:, None, None] * mask_prob).argmax(0)
-    segments, stuff_ids = [], {}
-    for k, pred_class in enumerate(classes.tolist()):
-        isthing = pred_class in metadata.thing_classes
-        mask = winner == k
-        mask_area = int(mask.sum())
-        original_area = int((mask_prob[k] >= 0.5).sum())
-        if mask_area == 0 or original_area == 0 or mask_area / original_area < overlap_threshold:
-            continue
-        if not isthing and pred_class in stuff_ids:
-            panoptic_seg[mask] = stuff_ids[pred_class]
-            continue
-        segment_id = len(segments) + 1
-        if not isthing:
-            stuff_ids[pred_class] = segment_id
-        panoptic_seg[mask] = segment_id
-        segments.append({"id": segment_id, "category_id": pred_class, "isthing": isthing})
+def _panoptic_segments(scores: torch.Tensor, classes: torch.Tensor, upsampled: torch.Tensor, image_size: Size,
+                       output_size: Size, metadata: PanopticMetadata, overlap_threshold: float,
+                       tile_elements: int) -> Tuple[torch.Tensor, List[Dict]]:
+    """The official per-image panoptic merge of the kept queries' mask logits ([N, Hp, Wp] at
+    the padded size), in bands of output rows: pass 1 counts, per query, the pixels it wins and
+    its own mask's pixels; the merge decides the segment ids; pass 2 (only with several bands)
+    paints them."""
+    N = len(classes)
+    rows_per_band = _rows_per_band(output_size[1], N, tile_elements)
+    mask_area = torch.zeros(N, dtype=torch.int64, device=upsampled.device)
+    original_area = torch.zeros_like(mask_area)
+    single_band = output_size[0] <= rows_per_band
+    for rows, band in _bands(upsampled, image_size, output_size, rows_per_band):
+        prob = band.sigmoid()
+        winner = (scores[:, None, None] * prob).argmax(0)
+        mask_area += torch.bincount(winner.flatten(), minlength=N)
+        original_area += (prob >= 0.5).flatten(1).sum(1)
+    segment_of_query, segments = _merge_segments(classes.tolist(), mask_area.tolist(), original_area.tolist(),
+                                                 metadata, overlap_threshold)
+    segment_of_query = segment_of_query.to(upsampled.device)
+    panoptic_seg = torch.zeros(output_size, dtype=torch.int32, device=upsampled.device)
+    if single_band:
+        winners = [(slice(0, output_size[0]), winner)]
+    else:  # recompute each band's winners rather than keep them all
+        winners = ((rows, (scores[:, None, None] * band.sigmoid()).argmax(0))
+                   for rows, band in _bands(upsampled, image_size, output_size, rows_per_band))
+    for rows, winner in winners:
+        panoptic_seg[rows] = segment_of_query[winner]
     areas = torch.bincount(panoptic_seg.flatten().long(), minlength=len(segments) + 1).tolist()
     for segment in segments:
         segment["area"] = areas[segment["id"]]
     return panoptic_seg, segments
+
+
+def _merge_segments(classes: List[int], mask_area: List[int], original_area: List[int], metadata: PanopticMetadata,
+                    overlap_threshold: float) -> Tuple[torch.Tensor, List[Dict]]:
+    """The official merge loop on per-query pixel counts: int32 [N] segment id of each query's
+    winning pixels (0: void) and the segments_info. A query keeps a segment only if the pixels
+    it wins are at least overlap_threshold of its own mask (sigmoid >= 0.5); stuff segments of
+    one class share the first one's id."""
+    segment_of_query = torch.zeros(len(classes), dtype=torch.int32)
+    segments, stuff_ids = [], {}
+    for k, pred_class in enumerate(classes):
+        isthing = pred_class in metadata.thing_classes
+        if mask_area[k] == 0 or original_area[k] == 0 or mask_area[k] / original_area[k] < overlap_threshold:
+            continue
+        if not isthing and pred_class in stuff_ids:
+            segment_of_query[k] = stuff_ids[pred_class]
+            continue
+        segment_id = len(segments) + 1
+        if not isthing:
+            stuff_ids[pred_class] = segment_id
+        segment_of_query[k] = segment_id
+        segments.append({"id": segment_id, "category_id": pred_class, "isthing": isthing})
+    return segment_of_query, segments
 
 
 @torch.no_grad()

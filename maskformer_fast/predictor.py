@@ -93,9 +93,9 @@ class Predictor:
     def _postprocess(self, out: Dict, image_sizes: List[Tuple[int, int]], output_sizes: List[Tuple[int, int]]) -> list:
         """The task's results of a batch's outputs, on the CPU."""
         if self.task == "semantic":
-            maps = inference.semantic_inference(out, image_sizes, output_sizes,
-                                                self.cfg.sem_seg_postprocess_before_inference)
-            return [s.argmax(0).cpu() for s in maps]
+            labels = inference.semantic_labels(out, image_sizes, output_sizes,
+                                               self.cfg.sem_seg_postprocess_before_inference)
+            return [m.cpu() for m in labels]
         if self.task == "panoptic":
             return [(ids.cpu(), segments) for ids, segments in
                     inference.panoptic_inference(out, image_sizes, output_sizes, self.metadata,
