@@ -13,6 +13,10 @@ from .preprocessing import preprocess
 __all__ = ["Predictor", "TASKS"]
 
 TASKS = ("semantic", "panoptic", "instance")
+# Instance results are top_k full-size masks, which no tiling can shrink: refuse what would need
+# more than this instead of failing inside an allocation. (Semantic and panoptic maps are
+# post-processed in row bands and have no such limit; see inference.TILE_ELEMENTS.)
+INSTANCE_BYTES_LIMIT = 8 * 2**30
 
 
 class Predictor:
@@ -100,6 +104,11 @@ class Predictor:
             return [(ids.cpu(), segments) for ids, segments in
                     inference.panoptic_inference(out, image_sizes, output_sizes, self.metadata,
                                                  self.cfg.object_mask_threshold, self.cfg.overlap_threshold)]
+        for h, w in output_sizes:  # k bool masks at full size, plus their float logits while scoring
+            if self.top_k * h * w * 5 > INSTANCE_BYTES_LIMIT:
+                raise ValueError(f"instance masks of a {w}x{h} image need ~{self.top_k * h * w * 5 / 2**30:.1f} GB "
+                                 f"(top_k {self.top_k} x {h} x {w} x 5 bytes), over the "
+                                 f"{INSTANCE_BYTES_LIMIT / 2**30:.0f} GB limit: lower --top-k or resize the image")
         # panoptic datasets keep thing classes only, as Mask2Former's instance inference does
         things = self.metadata if self.metadata.thing_classes else None
         return [{k: v.cpu() for k, v in r.items()} for r in

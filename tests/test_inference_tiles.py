@@ -68,3 +68,15 @@ def test_band_resize_is_pytorch_bilinear():
     assert len(bands) == 19
     got = torch.cat([b for _, b in bands], 1)
     torch.testing.assert_close(got, expected, rtol=0, atol=5e-5)
+
+
+def test_instance_masks_beyond_the_limit_are_refused_before_allocating(monkeypatch):
+    from maskformer_fast import predictor
+    cfg = mf.get_config("maskformer_r50_ade20k", num_classes=6)
+    p = predictor.Predictor(torch.nn.Identity(), cfg, "instance", top_k=100)
+    monkeypatch.setattr(predictor, "INSTANCE_BYTES_LIMIT", 100 * 300 * 400 * 5 - 1)
+    out = _outputs()
+    with pytest.raises(ValueError, match=r"instance masks of a 400x300 image need .*lower --top-k"):
+        p._postprocess(out, [(80, 120)], [(300, 400)])
+    monkeypatch.setattr(predictor, "INSTANCE_BYTES_LIMIT", 100 * 300 * 400 * 5)
+    assert p._postprocess(out, [(80, 120)], [(300, 400)])[0]["masks"].shape[-2:] == (300, 400)
