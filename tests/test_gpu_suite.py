@@ -4,6 +4,7 @@ A GPU run is short and rare (one call of a few minutes), so what would silently 
 checked here: the kernels failing to import on a CUDA machine must not pass for a fast engine
 with no speedup, and the suite must return its summary whatever happens to its steps.
 """
+import json
 import sys
 import warnings
 
@@ -37,3 +38,51 @@ def test_ops_is_silent_without_cuda_when_kernels_do_not_import(kernels_unimporta
         warnings.simplefilter("always")
         assert mf.ops._kernel_module("attention") is None
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+
+
+def _merge(tmp_path, steps, logs, inputs):
+    from benchmarks import merge_results
+
+    (tmp_path / "steps.tsv").write_text("".join("\t".join(s) + "\n" for s in steps))
+    (tmp_path / "logs").mkdir()
+    for step_id, text in logs.items():
+        (tmp_path / "logs" / f"{step_id}.out").write_text(text)
+    paths = []
+    for name, content in inputs.items():
+        paths.append(str(tmp_path / name))
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    merge_results.main([str(tmp_path / "suite.json"), str(tmp_path / "suite.md"), *paths,
+                        "--steps", str(tmp_path / "steps.tsv"), "--step-logs", str(tmp_path / "logs")])
+    return json.loads((tmp_path / "suite.json").read_text()), (tmp_path / "suite.md").read_text()
+
+
+def test_merge_keeps_every_step_benchmark_section_and_names_tests_that_timed_out(tmp_path):
+    meta = {"device": "NVIDIA H200", "torch": "2.11", "triton": "3.6", "date": "2026-12-01"}
+    row = {"op": "model_train_step", "impl": "fast", "shape": "s", "ms": 25.0, "ms_p20": 24.0, "ms_p80": 26.0,
+           "extra": {"speedup": "2.40x"}}
+    profile = [{"engine": "eager", "kernel": "gemm", "self_ms": 3.5}]
+    steps = [("bench_model", "ok", "80", "bench_model"),
+             ("gpu_tests", "ok", "60", "GPU correctness tests"),
+             ("compile_tests", "timed out after 40s", "40", "compile tests"),
+             ("parity_bf16", "skipped: suite budget spent", "0", "parity bf16")]
+    logs = {"gpu_tests": "tests/a.py::test_ok PASSED\nFAILED tests/a.py::test_hangs - Failed: Timeout (>60.0s) "
+                         "from pytest-timeout.\n",
+            "compile_tests": "tests/b.py::test_done PASSED [ 50%]\ntests/b.py::test_stuck \n"}
+    inputs = {"bench_model.json": {"meta": meta, "rows": [row], "profile": profile},
+              "parity_fp32.json": {"args": {}, "rows": [{"name": "loss", "ok": True}]},
+              "bench_attention.json": '{"meta": {"dev'}
+    summary, md = _merge(tmp_path, steps, logs, inputs)
+    assert [s["status"] for s in summary["steps"]] == [s[1] for s in steps]
+    assert summary["timed_out_tests"] == ["tests/a.py::test_hangs", "tests/b.py::test_stuck"]
+    assert summary["rows"] == [{**row, "gbps": None, "tflops": None, "peak_mib": None}]
+    assert summary["sections"] == {"profile": profile, "parity_fp32": inputs["parity_fp32.json"]}
+    assert len(summary["errors"]) == 1 and summary["errors"][0].startswith("bench_attention.json")
+    for text in ("NVIDIA H200", "skipped: suite budget spent", "tests/b.py::test_stuck", "2.40x", "gemm",
+                 "| loss | True |", "bench_attention.json"):
+        assert text in md, text
+
+
+def test_merge_writes_a_summary_when_nothing_ran(tmp_path):
+    summary, md = _merge(tmp_path, [("versions", "skipped: suite budget spent", "0", "versions")], {}, {})
+    assert summary["rows"] == [] and summary["steps"][0]["status"] == "skipped: suite budget spent"
+    assert "skipped: suite budget spent" in md
