@@ -86,3 +86,35 @@ def test_merge_writes_a_summary_when_nothing_ran(tmp_path):
     summary, md = _merge(tmp_path, [("versions", "skipped: suite budget spent", "0", "versions")], {}, {})
     assert summary["rows"] == [] and summary["steps"][0]["status"] == "skipped: suite budget spent"
     assert "skipped: suite budget spent" in md
+
+
+def test_bench_model_records_which_implementation_each_op_ran():
+    from benchmarks.bench_model import recording_dispatch
+
+    x = torch.randn(1, 8, 4, 4)
+    weight, bias = torch.ones(8), torch.zeros(8)
+    counts = {}
+    with recording_dispatch(counts):
+        with mf.ops.use("eager"):
+            mf.ops.group_norm_act(x, 2, weight, bias)
+        with mf.ops.use("triton"):  # the interpreter on CPU (tests/conftest.py)
+            mf.ops.group_norm_act(x, 2, weight, bias)
+            mf.ops.group_norm_act(x, 2, weight, bias)
+    assert counts == {"group_norm_act": {"kernel": 2, "reference": 1}}
+    assert mf.ops.resolve.__module__ == "maskformer_fast.ops"  # put back
+
+
+def test_bench_model_reports_no_speedup_when_an_op_never_ran_its_kernel():
+    from benchmarks.bench_model import HOT_OPS, Row, compare_with_eager
+
+    def rows():
+        return [Row(op, impl, "s", ms, ms, ms) for impl, ms in (("eager", 10.0), ("fast", 4.0))
+                for op in ("model_forward", "model_train_step")]
+
+    out = {"pred_logits": torch.zeros(1), "pred_masks": torch.zeros(1)}
+    all_kernels = {op: {"kernel": 1, "reference": 0} for op in HOT_OPS}
+    ran_eager = {**all_kernels, "mask_losses": {"kernel": 0, "reference": 6}}
+    for dispatch, want in ((all_kernels, "2.50x"), (ran_eager, "n/a: never ran its kernel: mask_losses")):
+        got = rows()
+        compare_with_eager(got, {"eager": out, "fast": out}, {"fast": dispatch})
+        assert [r.extra["speedup"] for r in got[2:]] == [want, want]
