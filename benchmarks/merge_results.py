@@ -44,13 +44,14 @@ def load_inputs(paths):
     return meta, rows, sections, errors
 
 
-def tests_in_trouble(output: str, cut: bool) -> dict:
-    """The tests pytest-timeout stopped and, when the step itself was cut, the one then running."""
+def tests_in_trouble(output: str, stopped: bool) -> dict:
+    """The tests pytest-timeout stopped and, when pytest itself was stopped (cut by the step's
+    limit, or crashed: a test with no outcome), the one then running."""
     found = {"timed_out_tests": list(dict.fromkeys(TIMEOUT_LINE.findall(output)))}
-    if cut:
+    if stopped:
         running = [m.group(1) for m in TEST_LINE.finditer(output) if not m.group(2).strip().startswith(OUTCOMES)]
         if running:
-            found["running_when_cut"] = running[-1]
+            found["running_when_stopped"] = running[-1]
     return found
 
 
@@ -62,18 +63,17 @@ def read_steps(tsv, logs_dir):
                 "title": title}
         out = Path(logs_dir, f"{step_id}.out") if logs_dir else None
         if out is not None and out.exists():
-            step.update(tests_in_trouble(out.read_text(errors="replace"), status.startswith("timed out")))
+            step.update(tests_in_trouble(out.read_text(errors="replace"), status.startswith(("timed out", "failed"))))
         steps.append(step)
     return steps
 
 
 def render_markdown(summary) -> str:
     meta = summary["meta"]
-    parts = [f"# maskformer-fast GPU suite\n\n{meta.get('device', '?')}, torch {meta.get('torch')}, "
-             f"triton {meta.get('triton')}, {meta.get('date')}"]
+    parts = [f"# maskformer-fast GPU suite\n\n{meta.get('device') or 'device ?'}, torch {meta.get('torch') or '?'}, "
+             f"triton {meta.get('triton') or '?'}, {meta.get('date') or 'date ?'}"]
     if summary["steps"]:
-        parts.append("## Steps\n\n" + dict_table([{k: v for k, v in s.items() if k != "id"}
-                                                  for s in summary["steps"]]))
+        parts.append("## Steps\n\n" + dict_table(summary["steps"]))
     trouble = summary["timed_out_tests"]
     if trouble:
         parts.append("## Tests that timed out\n\n" + "\n".join(f"- {t}" for t in trouble))
@@ -100,7 +100,7 @@ def main(argv=None):
     if not meta and "environment" in sections:  # no benchmark finished: the versions step's record
         meta = {k: sections["environment"].get(k) for k in ("device", "torch", "triton", "date")}
     steps = read_steps(args.steps, args.step_logs)
-    trouble = [t for s in steps for t in s.get("timed_out_tests", []) + [s.get("running_when_cut")] if t]
+    trouble = [t for s in steps for t in s.get("timed_out_tests", []) + [s.get("running_when_stopped")] if t]
     summary = {"meta": meta, "steps": steps, "timed_out_tests": trouble, "rows": [r.__dict__ for r in rows],
                "sections": sections, "errors": errors}
     Path(args.out_json).write_text(json.dumps(summary, indent=1))

@@ -41,6 +41,7 @@ def dict_table(records: List[dict]) -> str:
     columns = list(dict.fromkeys(k for r in records for k in r))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in records:
-        cells = (format(r[c], ".4g") if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns)
+        cells = (format(r[c], ".4g") if isinstance(r.get(c), float) else
+                 ", ".join(map(str, r[c])) if isinstance(r.get(c), list) else str(r.get(c, "")) for c in columns)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -5,13 +5,21 @@ checked here: the kernels failing to import on a CUDA machine must not pass for 
 with no speedup, and the suite must return its summary whatever happens to its steps.
 """
 import json
+import os
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import maskformer_fast as mf
+
+REPO = Path(__file__).resolve().parent.parent
+SUITE_STEPS = {"versions", "install", "peer_matcher", "ext", "import_check", "bench_model", "gpu_tests",
+               "bench_group_norm_act", "bench_attention", "bench_mask_costs", "bench_mask_losses", "bench_matching",
+               "parity_fp32", "parity_bf16", "device_tests"}
 
 
 @pytest.fixture
@@ -63,11 +71,11 @@ def test_merge_keeps_every_step_benchmark_section_and_names_tests_that_timed_out
     profile = [{"engine": "eager", "kernel": "gemm", "self_ms": 3.5}]
     steps = [("bench_model", "ok", "80", "bench_model"),
              ("gpu_tests", "ok", "60", "GPU correctness tests"),
-             ("compile_tests", "timed out after 40s", "40", "compile tests"),
+             ("device_tests", "timed out after 40s", "40", "device-aware tests"),
              ("parity_bf16", "skipped: suite budget spent", "0", "parity bf16")]
     logs = {"gpu_tests": "tests/a.py::test_ok PASSED\nFAILED tests/a.py::test_hangs - Failed: Timeout (>60.0s) "
                          "from pytest-timeout.\n",
-            "compile_tests": "tests/b.py::test_done PASSED [ 50%]\ntests/b.py::test_stuck \n"}
+            "device_tests": "tests/b.py::test_done PASSED [ 50%]\ntests/b.py::test_stuck \n"}
     inputs = {"bench_model.json": {"meta": meta, "rows": [row], "profile": profile},
               "parity_fp32.json": {"args": {}, "rows": [{"name": "loss", "ok": True}]},
               "bench_attention.json": '{"meta": {"dev'}
@@ -118,3 +126,31 @@ def test_bench_model_reports_no_speedup_when_an_op_never_ran_its_kernel():
         got = rows()
         compare_with_eager(got, {"eager": out, "fast": out}, {"fast": dispatch})
         assert [r.extra["speedup"] for r in got[2:]] == [want, want]
+
+
+def test_suite_rehearsal_with_a_tiny_budget_returns_its_summary_and_names_the_hung_test(tmp_path):
+    # The GPU tests step runs one test that hangs; the per-test timeout (8 s) must stop it and
+    # the summary name it. Those 8 s alone leave under the 20 s a step needs of the 25 s budget,
+    # so the parity steps after it are skipped for the budget whatever this machine's load.
+    hang = tmp_path / "hang" / "test_hang.py"
+    hang.parent.mkdir()
+    hang.write_text("import time\n\n\ndef test_hangs():\n    time.sleep(600)\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, SUITE_BUDGET_S="25", SUITE_TEST_TIMEOUT="8",
+               SUITE_STEPS="gpu_tests parity_fp32 parity_bf16", SUITE_GPU_TESTS=str(hang))
+    result = subprocess.run(["bash", "benchmarks/gpu_suite.sh", str(out)], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    files = [p.relative_to(out) for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and {Path("suite.json"), Path("suite.md"), Path("log.txt")} <= set(files), files
+    summary = json.loads((out / "suite.json").read_text())
+    steps = {s["id"]: s for s in summary["steps"]}
+    assert set(steps) == SUITE_STEPS
+    assert steps["gpu_tests"]["status"] != "ok"
+    for step in ("parity_fp32", "parity_bf16"):
+        assert steps[step]["status"].startswith("skipped: suite budget spent"), steps[step]
+    assert steps["bench_model"]["status"] == "skipped: not in SUITE_STEPS"
+    assert [t for t in summary["timed_out_tests"] if t.endswith("test_hang.py::test_hangs")], summary
+    md = (out / "suite.md").read_text()
+    assert "test_hang.py::test_hangs" in md and "skipped: suite budget spent" in md
+    assert "Timeout" in (out / "log.txt").read_text()
