@@ -9,10 +9,12 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable, List, Optional
 
 import torch
+
+from benchmarks.table import Row, markdown_table  # noqa: F401 (re-exported for the scripts)
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -25,20 +27,6 @@ def synchronized(fn: Callable[[], object]) -> Callable[[], None]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     return run
-
-
-@dataclass
-class Row:
-    op: str
-    impl: str
-    shape: str
-    ms: float
-    ms_p20: float
-    ms_p80: float
-    gbps: Optional[float] = None
-    tflops: Optional[float] = None
-    peak_mib: Optional[float] = None
-    extra: dict = field(default_factory=dict)
 
 
 def device_name() -> str:
@@ -85,22 +73,9 @@ def measure(op: str, impl: str, shape: str, fn: Callable[[], object], nbytes: Op
                peak_mib=peak_memory_mib(fn), extra=extra)
 
 
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
-def markdown_table(rows: List[Row]) -> str:
-    lines = ["| op | impl | shape | ms (p20-p80) | GB/s | TFLOP/s | peak MiB | notes |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        notes = ", ".join(f"{k}={v}" for k, v in r.extra.items())
-        lines.append(f"| {r.op} | {r.impl} | {r.shape} | {r.ms:.3f} ({r.ms_p20:.3f}-{r.ms_p80:.3f}) | "
-                     f"{_fmt(r.gbps, '.0f')} | {_fmt(r.tflops, '.1f')} | {_fmt(r.peak_mib, '.0f')} | {notes} |")
-    return "\n".join(lines)
-
-
-def report(rows: List[Row], json_path: Optional[str] = None) -> None:
-    """Print the table; with json_path, also write rows with the device and versions."""
+def report(rows: List[Row], json_path: Optional[str] = None, sections: Optional[dict] = None) -> None:
+    """Print the table; with json_path, also write rows with the device and versions, and
+    sections (name -> JSON-able value, e.g. a profile table) beside them."""
     print(f"device: {device_name()}  torch {torch.__version__}")
     print(markdown_table(rows))
     if json_path:
@@ -109,4 +84,4 @@ def report(rows: List[Row], json_path: Optional[str] = None) -> None:
         meta = {"device": device_name(), "torch": torch.__version__, "triton": triton.__version__,
                 "date": time.strftime("%Y-%m-%d")}
         with open(json_path, "w") as f:
-            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"meta": meta, "rows": [asdict(r) for r in rows], **(sections or {})}, f, indent=1)

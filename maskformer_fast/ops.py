@@ -18,6 +18,7 @@ custom op (``kernels/_library.py``).
 import contextlib
 import os
 import threading
+import warnings
 from typing import Iterator, Optional
 
 import torch
@@ -29,6 +30,7 @@ __all__ = ["use", "current_mode", "resolve", "group_norm_act", "attention", "mas
 _MODES = ("auto", "eager", "triton")
 ENV_VAR = "MASKFORMER_FAST_OPS"
 _state = threading.local()
+_warned_no_kernels = False
 
 
 def _check_mode(mode: str) -> str:
@@ -64,10 +66,23 @@ def _kernel_module(op: str):
     Dynamo executes import statements but refuses to trace importlib."""
     try:
         from .kernels import attention, group_norm_act, mask_costs, mask_losses
-    except ImportError:
+    except ImportError as e:
+        _warn_no_kernels(e)
         return None
     return {"group_norm_act": group_norm_act, "attention": attention, "mask_costs": mask_costs,
             "mask_losses": mask_losses}[op]
+
+
+def _warn_no_kernels(error: ImportError) -> None:
+    """Once per process, where CUDA is present: "auto" quietly running the references there
+    would make a broken install look like a working fast engine with no speedup."""
+    global _warned_no_kernels
+    if _warned_no_kernels or not torch.cuda.is_available():
+        return
+    _warned_no_kernels = True
+    warnings.warn(f"CUDA is present but maskformer_fast.kernels does not import ({error}); every hot op runs "
+                  "its eager reference (is the package installed? pip install --no-build-isolation -e .)",
+                  RuntimeWarning, stacklevel=3)
 
 
 def resolve(op: str, *tensors: Optional[torch.Tensor], **kwargs):

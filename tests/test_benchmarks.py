@@ -27,7 +27,7 @@ EXPECTED = {
     "bench_mask_losses": {(op, impl) for op in ("mask_losses fwd", "mask_losses fwd+bwd")
                           for impl in ("eager", "triton", "triton f-tgt")},
     "bench_matching": {("assignment", "scipy loop"), ("matcher step", "official"), ("matcher step", "ours")},
-    "bench_model": {("model_forward", "eager"), ("model_train_step", "eager")},
+    "bench_model": {(op, impl) for op in ("model_forward", "model_train_step") for impl in ("eager", "fast")},
 }
 
 
@@ -42,23 +42,40 @@ def _run(script, tmp_path, *args):
         data = json.load(f)
     assert {"device", "torch", "triton", "date"} <= set(data["meta"])
     for row in data["rows"]:
-        assert row["ms"] > 0 and math.isfinite(row["ms"]) or "failed" in row["extra"], row
-    return data["rows"]
+        assert {"failed", "skipped"} & set(row["extra"]) or row["ms"] > 0 and math.isfinite(row["ms"]), row
+    return data
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_benchmark_script_writes_every_implementation(script, tmp_path):
-    rows = _run(script, tmp_path)
+    data = _run(script, tmp_path)
+    rows = data["rows"]
     assert EXPECTED[script] <= {(r["op"], r["impl"]) for r in rows}
     if script == "bench_mask_costs":
         assert all(float(r["extra"]["max|triton-eager|"]) < 1e-5 for r in rows if r["impl"] == "triton")
     if script == "bench_matching":
         solvers = [r for r in rows if r["op"] == "assignment" and r["impl"].startswith("cpu C++")]
         assert solvers, "the C++ backend is built by setup.sh: it must be benchmarked"
+    if script == "bench_model":
+        _check_bench_model(data)
+
+
+def _check_bench_model(data):
+    # without CUDA the fast engine is not timed (the interpreter is no speed reference) and says
+    # so; nothing may carry a speedup, which would be eager timed twice
+    rows = {(r["op"], r["impl"]): r for r in data["rows"]}
+    for op in ("model_forward", "model_train_step"):
+        assert rows[op, "fast"]["ms"] is None and "no CUDA" in rows[op, "fast"]["extra"]["skipped"]
+    assert not [r for r in data["rows"] if "speedup" in r["extra"]]
+    # the eager engine's record of what ran: every hot op, through its reference only
+    ran = {d["op"]: d for d in data["dispatch"] if d["engine"] == "eager"}
+    assert set(ran) == {"group_norm_act", "attention", "mask_costs", "mask_losses"}
+    assert all(d["kernel"] == 0 and d["reference"] > 0 for d in ran.values()), ran
+    assert data["profile"] and all(p["self_ms"] >= 0 and p["engine"] == "eager" for p in data["profile"])
 
 
 def test_tune_kernels_checks_every_candidate(tmp_path):
-    rows = _run("tune_kernels", tmp_path)
+    rows = _run("tune_kernels", tmp_path)["rows"]
     kernels = {r["op"] for r in rows}
     assert {"group_norm_act fwd+bwd", "attention fwd", "attention fwd+bwd (bwd config)", "mask_costs",
             "mask_losses fwd", "mask_losses fwd+bwd (bwd config)", "hungarian (gpu matcher)"} == kernels

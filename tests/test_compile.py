@@ -103,37 +103,61 @@ def test_group_norm_act_compiles_with_inductor():
         _assert_same(g, w, "grad")
 
 
-def _launcher_op_cases():
-    def randn(*shape, dtype=torch.float32):
-        return torch.randn(*shape, generator=_gen(len(shape)), dtype=dtype).to(DEVICE)
-
-    x, weight, bias = randn(2, 8, 3, 3), randn(8), randn(8)
-    y, mean, rstd = group_norm_act_kernel._forward(x, weight, bias, 2, 1e-5, True)
-    q, k = randn(1, 2, 5, 16), randn(1, 2, 6, 16)
-    seed = attention_kernel.draw_seed(DEVICE)
-    o, lse = attention_kernel._forward(q, k, k, None, 0.25, 0.1, seed)
-    pred, target = randn(2, 3, 3), randn(2, 6, 6) > 0.5
-    return {
-        "group_norm_act_fwd": (group_norm_act_kernel._forward, (x, weight, bias, 2, 1e-5, True)),
-        "group_norm_act_bwd": (group_norm_act_kernel._backward, (torch.randn_like(y), x, weight, bias, mean, rstd, 2,
-                                                                 True)),
-        "attention_fwd": (attention_kernel._forward, (q, k, k, None, 0.25, 0.1, seed)),
-        "attention_bwd": (attention_kernel._backward, (torch.randn_like(o), q, k, k, o, lse, None, 0.25, 0.1, seed)),
-        "mask_losses_fwd": (mask_losses_kernel.mask_losses_forward, (pred, target)),
-        "mask_losses_bwd": (mask_losses_kernel.mask_losses_backward, (pred, target, randn(2, 3))),
-        "mask_costs": (mask_costs_kernel._mask_costs, (randn(2, 3, 4, 4), randn(2, 2, 4, 4) > 0.5,
-                                                       torch.tensor([2, 1], device=DEVICE))),
-    }
+def _randn(*shape):
+    return torch.randn(*shape, generator=_gen(len(shape))).to(DEVICE)
 
 
-LAUNCHER_OPS = sorted(_launcher_op_cases())
+def _group_norm_act_fwd():
+    x, weight, bias = _randn(2, 8, 3, 3), _randn(8), _randn(8)
+    return group_norm_act_kernel._forward, (x, weight, bias, 2, 1e-5, True)
 
 
-@pytest.mark.parametrize("name", LAUNCHER_OPS)
-def test_launcher_custom_op_passes_opcheck(name):
+def _group_norm_act_bwd():
+    _, (x, weight, bias, *rest) = _group_norm_act_fwd()
+    y, mean, rstd = group_norm_act_kernel._forward(x, weight, bias, *rest)
+    return group_norm_act_kernel._backward, (torch.randn_like(y), x, weight, bias, mean, rstd, 2, True)
+
+
+def _attention_fwd():
+    q, k = _randn(1, 2, 5, 16), _randn(1, 2, 6, 16)
+    return attention_kernel._forward, (q, k, k, None, 0.25, 0.1, attention_kernel.draw_seed(DEVICE))
+
+
+def _attention_bwd():
+    _, (q, k, _, _, scale, p, seed) = _attention_fwd()
+    o, lse = attention_kernel._forward(q, k, k, None, scale, p, seed)
+    return attention_kernel._backward, (torch.randn_like(o), q, k, k, o, lse, None, scale, p, seed)
+
+
+def _mask_losses_args():
+    return _randn(2, 3, 3), _randn(2, 6, 6) > 0.5
+
+
+# name -> builder of (launcher, args). Built inside the test, not at import: a launch at collection
+# time that faults on a GPU would stop pytest collecting every other test of the run.
+LAUNCHER_CASES = {
+    "group_norm_act_fwd": _group_norm_act_fwd,
+    "group_norm_act_bwd": _group_norm_act_bwd,
+    "attention_fwd": _attention_fwd,
+    "attention_bwd": _attention_bwd,
+    "mask_losses_fwd": lambda: (mask_losses_kernel.mask_losses_forward, _mask_losses_args()),
+    "mask_losses_bwd": lambda: (mask_losses_kernel.mask_losses_backward, (*_mask_losses_args(), _randn(2, 3))),
+    "mask_costs": lambda: (mask_costs_kernel._mask_costs, (_randn(2, 3, 4, 4), _randn(2, 2, 4, 4) > 0.5,
+                                                           torch.tensor([2, 1], device=DEVICE))),
+}
+LAUNCHER_OPS = sorted(LAUNCHER_CASES)
+
+
+@pytest.fixture(params=LAUNCHER_OPS)
+def launcher_case(request):
+    """(name, launcher, args): the kernel launches that build args run here, in one test's set-up."""
+    return (request.param, *LAUNCHER_CASES[request.param]())
+
+
+def test_launcher_custom_op_passes_opcheck(launcher_case):
     # schema (no input mutated), the fake implementation's shapes/dtypes/strides against the
     # real outputs, and AOTAutograd dispatch, as torch.library documents for custom ops
-    launcher, args = _launcher_op_cases()[name]
+    name, launcher, args = launcher_case
     assert launcher.op._qualname == f"maskformer_fast::{name}"
     torch.library.opcheck(launcher.op, args, test_utils=("test_schema", "test_faketensor",
                                                          "test_aot_dispatch_dynamic"))
