@@ -10,6 +10,7 @@ official configs (facebookresearch/MaskFormer ``configs/``, ``mask_former/config
 paper (Cheng et al. 2021, Sec. 4 and Appendix).
 """
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
@@ -118,33 +119,81 @@ class MaskFormerConfig:
     tta_flip: bool = True
 
     def __post_init__(self):
-        for key, choices in (("backbone", BACKBONES), ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
-            if getattr(self, key) not in choices:
-                raise ValueError(f"MaskFormerConfig.{key} must be one of {choices}, got {getattr(self, key)!r}")
-        for key in ("num_classes", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "num_decoder_layers",
-                    "conv_dim", "mask_dim", "window_size", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"MaskFormerConfig.{key} must be >= 1, got {getattr(self, key)}")
-        if self.size_divisibility < 0:
-            raise ValueError(f"MaskFormerConfig.size_divisibility must be >= 0 (0: no padding beyond the batch's "
-                             f"largest image), got {self.size_divisibility}")
-        if self.hidden_dim % self.nheads:
-            raise ValueError(f"MaskFormerConfig.hidden_dim ({self.hidden_dim}) must be divisible by nheads ({self.nheads})")
-        if self.conv_dim % 32:
-            raise ValueError(f"MaskFormerConfig.conv_dim must be a multiple of 32 (GroupNorm(32)), got {self.conv_dim}")
-        if self.pixel_decoder_encoder_layers < 0:
-            raise ValueError(f"MaskFormerConfig.pixel_decoder_encoder_layers must be >= 0, "
-                             f"got {self.pixel_decoder_encoder_layers}")
-        if len(self.crop_size) != 2:
-            raise ValueError(f"MaskFormerConfig.crop_size must be (height, width), got {self.crop_size}")
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError("MaskFormerConfig.pixel_mean and pixel_std must have 3 values (RGB)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"MaskFormerConfig.dropout must be in [0, 1), got {self.dropout}")
+        """Every field checked: ValueError naming the field and the value (see ``_validate``)."""
+        _validate(self)
 
     @property
     def is_swin(self) -> bool:
         return self.backbone.startswith("swin")
+
+
+# ----------------------------------------------------------------------------- validation
+
+_POSITIVE_INTS = ("num_classes", "num_queries", "hidden_dim", "nheads", "dim_feedforward", "num_decoder_layers",
+                  "conv_dim", "mask_dim", "window_size", "pretrain_img_size", "batch_size", "max_iter",
+                  "test_short_side", "test_max_size")
+_NON_NEGATIVE_INTS = ("pixel_decoder_encoder_layers", "size_divisibility", "warmup_iters", "ignore_value")
+_POSITIVE_FLOATS = ("base_lr", "min_scale", "max_scale")
+_NON_NEGATIVE_FLOATS = ("class_weight", "mask_weight", "dice_weight", "no_object_weight", "weight_decay",
+                        "backbone_lr_multiplier", "poly_power", "clip_grad_norm")
+_FRACTIONS = ("object_mask_threshold", "overlap_threshold")  # [0, 1]
+_PROBABILITIES = ("dropout", "drop_path_rate")  # [0, 1)
+
+
+def _fail(key: str, rule: str, value: Any) -> None:
+    raise ValueError(f"MaskFormerConfig.{key} must be {rule}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_numbers(cfg: "MaskFormerConfig") -> None:
+    for key in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+        value, low = getattr(cfg, key), 1 if key in _POSITIVE_INTS else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            _fail(key, f"an integer >= {low}", value)
+    for key in _POSITIVE_FLOATS + _NON_NEGATIVE_FLOATS:
+        value = getattr(cfg, key)
+        if not _is_number(value) or value < 0 or (key in _POSITIVE_FLOATS and value == 0):
+            _fail(key, "a finite number " + ("> 0" if key in _POSITIVE_FLOATS else ">= 0"), value)
+    for key in _FRACTIONS + _PROBABILITIES:
+        value = getattr(cfg, key)
+        if not _is_number(value) or not 0 <= value <= 1 or (key in _PROBABILITIES and value == 1):
+            _fail(key, "in [0, 1]" if key in _FRACTIONS else "in [0, 1)", value)
+    if cfg.min_scale > cfg.max_scale:
+        _fail("min_scale", f"<= max_scale ({cfg.max_scale})", cfg.min_scale)
+
+
+def _validate_sequences(cfg: "MaskFormerConfig") -> None:
+    if len(cfg.crop_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                          for v in cfg.crop_size):
+        _fail("crop_size", "(height, width), two integers >= 1", cfg.crop_size)
+    if len(cfg.pixel_mean) != 3 or not all(_is_number(v) for v in cfg.pixel_mean):
+        _fail("pixel_mean", "3 finite numbers (RGB)", cfg.pixel_mean)
+    if len(cfg.pixel_std) != 3 or not all(_is_number(v) and v > 0 for v in cfg.pixel_std):
+        _fail("pixel_std", "3 finite numbers > 0 (RGB)", cfg.pixel_std)
+    if not cfg.tta_scales or not all(_is_number(v) and v > 0 for v in cfg.tta_scales):
+        _fail("tta_scales", "one or more finite numbers > 0", cfg.tta_scales)
+    steps = cfg.lr_steps
+    if not all(isinstance(v, int) and v >= 1 for v in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
+        _fail("lr_steps", "strictly increasing iterations >= 1", steps)
+
+
+def _validate(cfg: "MaskFormerConfig") -> None:
+    for key, choices in (("backbone", BACKBONES), ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
+        if getattr(cfg, key) not in choices:
+            raise ValueError(f"MaskFormerConfig.{key} must be one of {choices}, got {getattr(cfg, key)!r}")
+    _validate_numbers(cfg)
+    _validate_sequences(cfg)
+    if cfg.hidden_dim % cfg.nheads:
+        raise ValueError(f"MaskFormerConfig.hidden_dim ({cfg.hidden_dim}) must be divisible by nheads ({cfg.nheads})")
+    if cfg.conv_dim % 32:
+        raise ValueError(f"MaskFormerConfig.conv_dim must be a multiple of 32 (GroupNorm(32)), got {cfg.conv_dim}")
+    # a panoptic class id is a category of the dataset's json: ids past its count name nothing
+    if cfg.dataset in ("coco_panoptic", "ade20k_panoptic") and cfg.num_classes > _NUM_CLASSES[cfg.dataset]:
+        raise ValueError(f"MaskFormerConfig.num_classes={cfg.num_classes} exceeds the {_NUM_CLASSES[cfg.dataset]} "
+                         f"categories of dataset {cfg.dataset!r}")
 
 
 _FIELD_TYPES = typing.get_type_hints(MaskFormerConfig)

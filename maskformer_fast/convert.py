@@ -38,9 +38,11 @@ official heads              ``sem_seg_head.pixel_decoder.*`` -> pixel_decoder.* 
                             -> predictor.*; ``criterion.empty_weight`` -> criterion.empty_weight
 ==========================  ==========================================================
 """
+import contextlib
 import os
 import pickle
 import re
+import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -437,6 +439,18 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+@contextlib.contextmanager
+def _quiet_unraisable():
+    """numpy reports some errors of a corrupt pickle's array state as 'unraisable' tracebacks on
+    stderr while the load itself fails cleanly: keep them off the console."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda info: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
     """{name: tensor} from an official ``.pkl`` (pickled numpy) or ``.pth`` (torch.save) file.
 
@@ -447,12 +461,15 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
     try:
         if path.endswith(".pkl"):
-            with open(path, "rb") as f:
+            with open(path, "rb") as f, _quiet_unraisable():
                 obj = _ArrayUnpickler(f, encoding="latin1").load()
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
-        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from e
+    except MemoryError:  # a crafted length field asks for an absurd allocation
+        raise ValueError(f"cannot read checkpoint {path!r}: it asks for more memory than exists (corrupt?)") from None
+    except Exception as e:  # a fuzzed pickle raises nearly anything: OverflowError, TypeError, KeyError...
+        from .cli_errors import torch_load_reason
+        raise ValueError(f"cannot read checkpoint {path!r}: {torch_load_reason(e)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj:

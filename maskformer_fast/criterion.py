@@ -47,6 +47,16 @@ def _layer_name(layer: int) -> str:
     return "the final decoder layer" if layer == 0 else f"aux_outputs[{layer - 1}]"
 
 
+def _check_binary(masks: torch.Tensor, b: int) -> None:
+    """Target masks are bool, or numbers that are all 0 or 1: a 0/255 or soft mask is refused
+    rather than binarised silently (one host sync, for non-bool masks only)."""
+    if masks.dtype == torch.bool or masks.numel() == 0:
+        return
+    if not bool(((masks == 0) | (masks == 1)).all()):
+        raise ValueError(f"targets[{b}]['masks'] ({masks.dtype}) hold values other than 0 and 1 (0/255 or soft "
+                         f"masks?): pass bool masks")
+
+
 class MaskFormerCriterion(nn.Module):
     """Hungarian matching + weighted CE / sigmoid focal / dice losses with deep supervision.
 
@@ -134,6 +144,7 @@ class MaskFormerCriterion(nn.Module):
             if tuple(msk.shape[-2:]) != input_size:
                 raise ValueError(f"targets[{b}]['masks'] are {tuple(msk.shape[-2:])} but the input images are "
                                  f"{input_size} (H, W): masks must have the input image size")
+            _check_binary(msk, b)
             labels.append(lab.to(device, torch.int64))
             masks.append(msk.to(device))
         counts = [len(lab) for lab in labels]

@@ -38,7 +38,10 @@ def _validate(cost: torch.Tensor, num_cols: Optional[torch.Tensor]):
     B, _, M = cost.shape if cost.dim() == 3 else (1, *cost.shape)
     if num_cols is None:
         num_cols = torch.full((B,), M, dtype=torch.int64)
-    num_cols = torch.as_tensor(num_cols, dtype=torch.int64).cpu()
+    given = torch.as_tensor(num_cols)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise ValueError(f"num_cols must be an integer tensor (column counts), got dtype {given.dtype}")
+    num_cols = given.to(torch.int64).cpu()
     if num_cols.shape != (B,):
         raise ValueError(f"num_cols must have shape [{B}], got {tuple(num_cols.shape)}")
     if ((num_cols < 0) | (num_cols > M)).any():
@@ -122,7 +125,7 @@ def linear_sum_assignment(cost: torch.Tensor, num_cols: Optional[torch.Tensor] =
     """Minimum-cost assignment of rows to columns for a batch of cost matrices.
 
     cost: [B, N, M] or [N, M] float; num_cols: int [B], the valid columns of each padded
-    problem (default M). Returns int64 [B, N] (or [N]) on cost's device: the column
+    problem (default M; a float or bool num_cols is refused, not truncated). Returns int64 [B, N] (or [N]) on cost's device: the column
     matched to each row, or -1. +inf marks a forbidden pair; NaN or -inf, or a problem whose
     +inf entries leave no complete matching, raise ValueError naming the batch index.
     backend: "auto", "scipy", "cpu" or "gpu" (see the module docstring).

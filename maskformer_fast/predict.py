@@ -20,12 +20,18 @@ through the model and post-processed back to its original size. Outputs per imag
 ``--weights`` takes a ``train/train.py`` checkpoint (its saved config is used unless ``--preset``
 is given), a bare state dict, or an official model-zoo ``.pkl``/``.pth`` (Detectron2 names).
 Files are read without running pickled code (``torch.load(weights_only=True)``).
+
+Nothing is overwritten by accident: an output that would replace one of the inputs is refused
+(always), an existing output file unless ``--overwrite``. Images above ``--max-pixels``
+(default 120 M, about 11000 x 11000) are refused before decoding (PIL's decompression-bomb
+guard). Errors are one line on stderr with exit status 2 (``--debug``: the traceback).
 """
 import argparse
 import json
 import os
-import sys
+import re
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -40,6 +46,7 @@ __all__ = ["resized_shape", "resize_image", "preprocess", "read_image", "read_we
            "Predictor", "main"]
 
 DEFAULT_PRESET = "maskformer_r50_ade20k"
+DEFAULT_MAX_PIXELS = 120_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -83,6 +90,56 @@ def collect_inputs(paths: Sequence[str]) -> List[str]:
             raise ValueError(f"inputs {stems[stem]} and {path} would write the same output name {stem!r}")
         stems[stem] = path
     return files
+
+
+OUTPUT_SUFFIXES = {"semantic": (".png",), "panoptic": (".png", ".json"), "instance": (".json", "_masks.npz")}
+
+
+def output_paths(task: str, output: str, name: str) -> List[str]:
+    """The files :func:`write_result` writes for image ``name``."""
+    return [os.path.join(output, name + suffix) for suffix in OUTPUT_SUFFIXES[task]]
+
+
+def check_outputs(task: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse outputs that would replace an input (FileExistsError, always) or an existing file
+    (unless ``overwrite``), before anything is written."""
+    sources = {os.path.realpath(p): p for p in inputs if p}
+    existing = []
+    for path in inputs:
+        name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
+        for target in output_paths(task, output, name):
+            if os.path.realpath(target) in sources:
+                raise FileExistsError(f"output {target} would overwrite the input {sources[os.path.realpath(target)]}: "
+                                      f"choose another --output")
+            if os.path.lexists(target):
+                existing.append(target)
+    if existing and not overwrite:
+        raise FileExistsError(f"output {existing[0]} exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
+                                                                 else "") + ": pass --overwrite or another --output")
+
+
+def read_input(path: str, max_pixels: int) -> np.ndarray:
+    """:func:`read_image` refusing images above ``max_pixels`` (ValueError naming the file and limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return read_image(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        raise ValueError(f"image {path} has {size.group(1) + ' ' if size else 'more '}pixels, above --max-pixels "
+                         f"{max_pixels} (a decompression-bomb guard): raise --max-pixels for a trusted file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _write(task: str, result, output: str, name: str, num_classes: int) -> List[str]:
+    """:func:`write_result`, an OSError (read-only or full folder) naming the folder and image."""
+    try:
+        return write_result(task, result, output, name, num_classes)
+    except OSError as e:
+        raise OSError(f"cannot write the prediction of {name} into {output}: {e.strerror or e}") from None
 
 
 def write_result(task: str, result, output: str, name: str, num_classes: int) -> List[str]:
@@ -157,6 +214,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=100, help="instance: instances kept per image")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images read at a time; those with equal resized shapes share one forward")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images before decoding them (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     args = p.parse_intermixed_args(argv)  # KEY=VALUE may sit between options
     if args.tta and args.task != "semantic":
@@ -165,6 +226,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--short-side must be >= 1, got {args.short_side}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_pixels < 1:
+        p.error(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    if args.top_k < 1:
+        p.error(f"--top-k must be >= 1, got {args.top_k}")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"config override {item!r} is not KEY=VALUE")
@@ -209,6 +274,7 @@ def run(args) -> List[Dict]:
     else:
         files, output = [None], args.output
     if output:
+        check_outputs(args.task, output, files, args.overwrite)
         os.makedirs(output, exist_ok=True)
     print(f"{cfg.name}: {num_params:,} parameters ({num_params / 1e6:.1f} M), {cfg.num_classes} classes, "
           f"task {args.task}, device {device}, engine {args.engine}, amp {args.amp}"
@@ -217,7 +283,7 @@ def run(args) -> List[Dict]:
     with mf.ops.use("eager" if args.engine == "eager" else "auto"):
         for first in range(0, len(files), args.batch_size):
             paths = files[first:first + args.batch_size]
-            images = [read_image(path) if path else synthetic_image() for path in paths]
+            images = [read_input(path, args.max_pixels) if path else synthetic_image() for path in paths]
             start = time.perf_counter()
             results = predictor.predict_batch(images)
             if predictor.device.type == "cuda":
@@ -226,7 +292,7 @@ def run(args) -> List[Dict]:
             total += seconds * len(paths)
             for path, image, result in zip(paths, images, results):
                 name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
-                written = write_result(args.task, result, output, name, cfg.num_classes) if output else []
+                written = _write(args.task, result, output, name, cfg.num_classes) if output else []
                 print(f"{path or name}: {image.shape[1]}x{image.shape[0]} -> {describe(args.task, result)}, "
                       f"{seconds * 1000:.0f} ms" + (f" -> {', '.join(written)}" if written else ""))
                 records.append({"name": name, "size": image.shape[:2], "seconds": seconds, "files": written})
@@ -236,11 +302,9 @@ def run(args) -> List[Dict]:
 
 
 def main(argv: Optional[List[str]] = None) -> List[Dict]:
+    from .cli_errors import run_cli
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    return run_cli("predict", lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

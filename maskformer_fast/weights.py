@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-__all__ = ["Weights", "read_weights", "load_weights", "config_for_weights"]
+__all__ = ["Weights", "read_weights", "load_weights", "config_for_weights", "rng_state_globals"]
 
 
 @dataclasses.dataclass
@@ -23,7 +23,7 @@ class Weights:
         return any(k.startswith("sem_seg_head.") for k in self.state)
 
 
-def _rng_state_globals() -> List:
+def rng_state_globals() -> List:
     """The numpy objects a train.py checkpoint's saved RNG state pickles, under numpy 1 and 2 names."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -41,10 +41,11 @@ def read_weights(path: str) -> Weights:
         from .convert import read_checkpoint
         return Weights(read_checkpoint(path))
     try:
-        with torch.serialization.safe_globals(_rng_state_globals()):
+        with torch.serialization.safe_globals(rng_state_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or pickled objects beyond tensors and RNG states
-        raise ValueError(f"cannot load checkpoint {path}: {e}") from None
+        from .cli_errors import torch_load_reason
+        raise ValueError(f"cannot load checkpoint {path}: {torch_load_reason(e)}") from None
     config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else None
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -54,3 +54,20 @@ def spy(fn, calls: list, name: str):
         calls.append(name)
         return fn(*args, **kwargs)
     return wrapper
+
+
+def spy_kernels(monkeypatch):
+    """Count kernel calls made through the dispatch layer."""
+    calls = {}
+    import maskformer_fast as mf
+    from maskformer_fast import ops
+    real_resolve = ops.resolve
+
+    def resolve(op, *tensors, **kwargs):
+        fn = real_resolve(op, *tensors, **kwargs)
+        if fn is not getattr(mf.reference, op):
+            calls[op] = calls.get(op, 0) + 1
+        return fn
+
+    monkeypatch.setattr(ops, "resolve", resolve)
+    return calls

@@ -111,3 +111,43 @@ def test_ade20k_panoptic_recipe_and_thing_classes():
     assert thing_classes("coco_panoptic") == tuple(range(80)) and thing_classes("ade20k") == ()
     with pytest.raises(ValueError, match="unknown dataset"):
         thing_classes("pascal")
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (dict(crop_size=(0, 0)), "crop_size"),
+    (dict(crop_size=(-64, 64)), "crop_size"),
+    (dict(test_short_side=-1), "test_short_side"),
+    (dict(base_lr=float("nan")), "base_lr"),
+    (dict(base_lr=float("inf")), "base_lr"),
+    (dict(base_lr=-1e-4), "base_lr"),
+    (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(pixel_std=(0.0, 1.0, 1.0)), "pixel_std"),
+    (dict(pixel_mean=(float("nan"), 0.0, 0.0)), "pixel_mean"),
+    (dict(min_scale=2.0, max_scale=1.0), "min_scale"),
+    (dict(min_scale=0.0), "min_scale"),
+    (dict(tta_scales=()), "tta_scales"),
+    (dict(tta_scales=(1.0, -0.5)), "tta_scales"),
+    (dict(lr_schedule="multistep", lr_steps=(200, 100)), "lr_steps"),
+    (dict(lr_steps=(100, 100)), "lr_steps"),
+    (dict(no_object_weight=float("nan")), "no_object_weight"),
+    (dict(mask_weight=-1.0), "mask_weight"),
+    (dict(max_iter=0), "max_iter"),
+    (dict(warmup_iters=-5), "warmup_iters"),
+    (dict(object_mask_threshold=1.5), "object_mask_threshold"),
+    (dict(drop_path_rate=1.0), "drop_path_rate"),
+    (dict(clip_grad_norm=float("nan")), "clip_grad_norm"),
+    (dict(size_divisibility=-32), "size_divisibility"),
+    (dict(dataset="coco_panoptic", num_classes=150), "150 exceeds the 133 categories"),
+])
+def test_every_field_is_validated(overrides, needle):
+    with pytest.raises(ValueError, match=needle):
+        get_config("maskformer_r50_ade20k", **overrides)
+
+
+def test_validation_accepts_every_preset_and_the_edges():
+    for name in list_presets():
+        get_config(name)
+    cfg = get_config("maskformer_r50_coco_panoptic", size_divisibility=0, num_classes=133, warmup_iters=0,
+                     no_object_weight=0.0, lr_steps=(10, 20), max_iter=2)  # steps beyond max_iter: harmless
+    assert cfg.size_divisibility == 0 and cfg.lr_steps == (10, 20)
+    assert get_config("maskformer_r50_ade20k", num_classes=24).num_classes == 24  # a subset of the classes

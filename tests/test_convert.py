@@ -7,6 +7,7 @@ TransformerEncoderPixelDecoder and TransformerPredictor â€” not from our model â
 values, saved as ``.pth`` (torch.save) and ``.pkl`` (pickled numpy, model-zoo format), loaded, and
 checked by value.
 """
+import os
 import pickle
 from collections import Counter
 from typing import Dict, Sequence, Tuple
@@ -335,3 +336,32 @@ def test_swin_checkpoint_into_resnet_model_is_refused(r50_model, tmp_path):
     ckpt = random_checkpoint(d2_swin_keys(96, (2, 2, 6, 2), (3, 6, 12, 24), window=7), seed=5)
     with pytest.raises(ValueError, match=r"no mapping.*backbone\.layers\.0\.blocks"):
         load_official_checkpoint(r50_model, save_pth(tmp_path / "swin.pth", ckpt))
+
+
+def test_fuzzed_and_hostile_checkpoints_give_one_clear_value_error(tmp_path):
+    import random
+    import numpy as np
+    from maskformer_fast.convert import read_checkpoint
+    base = pickle.dumps({"model": {"a.weight": np.ones((3, 4), np.float32), "b": np.zeros(5)}}, protocol=4)
+    rng = random.Random(0)
+    path = tmp_path / "fuzz.pkl"
+    for _ in range(300):  # unpatched, about 1 in 10 of these escaped as MemoryError/OverflowError/TypeError/...
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path.write_bytes(bytes(data))
+        try:
+            read_checkpoint(str(path))
+        except ValueError as e:
+            assert "fuzz.pkl" in str(e)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pth.*not a complete torch file"):
+        read_checkpoint(str(tmp_path / "empty.pth"))
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"model": {"w": Evil()}}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError) as e:
+        read_checkpoint(str(tmp_path / "evil.pth"))
+    assert "evil.pth" in str(e.value) and "weights_only=False" not in str(e.value).replace(" ", "")

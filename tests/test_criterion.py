@@ -317,3 +317,14 @@ def test_precomputed_matching_gives_the_same_losses():
     assert not torch.equal(other["loss_mask"], expected["loss_mask"])
     with pytest.raises(ValueError, match="matching must be int64"):
         crit(outputs, targets, matching=matching[:2])
+
+
+def test_non_binary_target_masks_are_refused():
+    crit = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")
+    outputs, targets = make_batch((2, 1))
+    for bad in (targets[0]["masks"].to(torch.uint8) * 255, targets[0]["masks"].float() * 0.5):
+        with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\].*other than 0 and 1"):
+            crit(outputs, [dict(targets[0], masks=bad), targets[1]])
+    as_numbers = [dict(t, masks=t["masks"].float()) for t in targets]  # 0/1 numbers: the same losses
+    assert {k: v.item() for k, v in crit(outputs, as_numbers).items()} == \
+        {k: v.item() for k, v in crit(outputs, targets).items()}

@@ -176,3 +176,11 @@ def test_auto_falls_back_to_scipy_without_the_extension(monkeypatch):
         assert matching.resolve_backend("auto", torch.device("cpu")) == "scipy"
     with pytest.raises(RuntimeError, match="cpu matching backend is not built"):
         matching.linear_sum_assignment(torch.rand(2, 2), backend="cpu")
+
+
+def test_float_or_bool_num_cols_are_refused_not_truncated():
+    cost = torch.rand(2, 3, 3)
+    for bad in (torch.tensor([2.7, 3.0]), [2.5, 1.0], torch.tensor([True, True])):
+        with pytest.raises(ValueError, match="num_cols must be an integer tensor"):
+            matching.linear_sum_assignment(cost, bad, backend="scipy")
+    assert matching.linear_sum_assignment(cost, [3, 2], backend="scipy").shape == (2, 3)  # ints still fine

@@ -119,7 +119,7 @@ def test_bad_inputs_name_the_file(setup, tmp_path):
         main(TINY_ARGS + ["--input", str(tmp_path / "nope.png")])
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="broken.png"):
-        main(TINY_ARGS + ["--input", str(tmp_path / "broken.png"), "--output", str(tmp_path)])
+        main(TINY_ARGS + ["--input", str(tmp_path / "broken.png"), "--output", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="missing.pth"):
         main(["--weights", str(tmp_path / "missing.pth")])
     with pytest.raises(SystemExit) as e:
@@ -204,3 +204,76 @@ def test_panoptic_presets_default_to_their_thing_classes(monkeypatch):
     # fewer classes than the dataset's thing ids: a clear error, not a silent subset
     with pytest.raises(SystemExit, match="pass --thing-classes"):
         main(["--preset", "maskformer_r50_ade20k_panoptic", "--task", "panoptic", *TINY_ARGS])
+
+
+def _exit_code(argv):
+    try:
+        main(argv)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_outputs_never_replace_inputs_or_existing_files(setup, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo = photos / "photo.png"
+    photo.write_bytes((setup["images"] / "a.png").read_bytes())
+    before = photo.read_bytes()
+    for extra in ([], ["--overwrite"]):  # replacing an input is refused even with --overwrite
+        assert _exit_code(TINY_ARGS + ["--input", str(photos), "--output", str(photos), *extra]) == 2
+        assert "would overwrite the input" in capsys.readouterr().err and photo.read_bytes() == before
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo.png").write_bytes(b"an earlier result")
+    assert _exit_code(TINY_ARGS + ["--input", str(photo), "--output", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "photo.png").read_bytes() == b"an earlier result"
+    assert _exit_code(TINY_ARGS + ["--input", str(photo), "--output", str(out), "--overwrite"]) == 0
+    assert Image.open(out / "photo.png").size == (70, 50)
+
+
+def test_nan_weights_are_refused(setup, tmp_path, capsys):
+    state = {k: v.clone() for k, v in setup["model"].state_dict().items()}
+    state["predictor.class_embed.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    assert _exit_code(TINY_ARGS + ["--weights", str(tmp_path / "nan.pth"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nan.pth" in err and "NaN" in err and not (tmp_path / "o").exists()
+
+
+def test_max_pixels_refuses_large_images_in_one_line(setup, tmp_path, capsys):
+    image = str(setup["images"] / "a.png")  # 70 x 50 = 3500 pixels
+    for limit in ("2000", "1000"):  # PIL warns between 1x and 2x its limit and raises beyond
+        assert _exit_code(TINY_ARGS + ["--input", image, "--output", str(tmp_path), "--max-pixels", limit]) == 2
+        err = capsys.readouterr().err
+        assert "a.png has 3500 pixels, above --max-pixels " + limit in err and len(err.strip().splitlines()) == 1
+    assert _exit_code(TINY_ARGS + ["--input", image, "--output", str(tmp_path), "--max-pixels", "3500"]) == 0
+
+
+def test_write_errors_and_hostile_weights_are_one_line(setup, tmp_path, capsys, monkeypatch):
+    import errno
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+    torch.save({"model": {"w": Evil()}}, tmp_path / "evil.pth")
+    assert _exit_code(["--weights", str(tmp_path / "evil.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pth" in err and "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert _exit_code(["--weights", str(tmp_path / "empty.pth")]) == 2
+    assert "empty.pth: not a complete torch file" in capsys.readouterr().err
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    assert _exit_code(TINY_ARGS + ["--input", str(setup["images"] / "a.png"), "--output", str(tmp_path / "o")]) == 2
+    assert "cannot write the prediction of a into" in capsys.readouterr().err
+
+
+def test_cli_errors_have_no_traceback_subprocess(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(os.urandom(64))
+    r = subprocess.run([sys.executable, "-m", "maskformer_fast.predict", "--weights", str(tmp_path / "junk.pth")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "junk.pth" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -6,6 +6,9 @@ Everything is drawn from ``--seed``, so the same arguments give the same files.
 
     python train/make_synthetic.py --format ade20k --out DIR --num-images 8 --size 64 --seed 0
 
+The files carry the real datasets' names, so ``--out`` must be empty or new: a folder holding
+anything is refused (it may be the real dataset) unless ``--overwrite``.
+
 Layouts written (the same the readers in ``train/datasets.py`` expect):
   ade20k         DIR/ADEChallengeData2016/images/{training,validation}/*.jpg
                  DIR/ADEChallengeData2016/annotations/{training,validation}/*.png  (0 = other)
@@ -28,6 +31,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from maskformer_fast.cli_errors import run_cli
 from maskformer_fast.config import thing_classes
 from maskformer_fast.preprocessing import id_to_rgb  # the COCO panoptic PNG encoding, shared
 
@@ -237,8 +241,15 @@ def write_panoptic(fmt: str, out: str, num_images: int, num_val: int, size: int,
                 json.dump({"images": images, "annotations": annotations, "categories": panoptic_categories(fmt)}, f)
 
 
-def make_synthetic(fmt: str, out: str, num_images: int, size: int, seed: int, num_val: int = -1) -> None:
-    """Write ``num_images`` training and ``num_val`` validation images (default N // 4, at least 1)."""
+def make_synthetic(fmt: str, out: str, num_images: int, size: int, seed: int, num_val: int = -1,
+                   overwrite: bool = False) -> None:
+    """Write ``num_images`` training and ``num_val`` validation images (default N // 4, at least 1)
+    into ``out``, which must be new or empty unless ``overwrite`` (FileExistsError)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(f"--out {out} is not empty (it may hold a real dataset with these file names): "
+                              f"choose an empty folder or pass --overwrite")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if size < 16:
@@ -261,8 +272,11 @@ def main(argv=None) -> None:
     parser.add_argument("--num-val", type=int, default=-1, help="validation images (default N // 4)")
     parser.add_argument("--size", type=int, default=64, help="image height; width is 4/3 of it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    make_synthetic(args.format, args.out, args.num_images, args.size, args.seed, args.num_val)
+    run_cli("make_synthetic.py", lambda: make_synthetic(args.format, args.out, args.num_images, args.size, args.seed,
+                                                        args.num_val, args.overwrite), args.debug)
     print(f"wrote a synthetic {args.format} dataset to {args.out}")
 
 

@@ -48,13 +48,18 @@ from PIL import Image  # noqa: E402
 import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
 from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
+from maskformer_fast.cli_errors import run_cli  # noqa: E402
 from maskformer_fast.predictor import Predictor  # noqa: E402
 from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
-from train.checkpoint import CheckpointManager, rng_state, set_rng_state  # noqa: E402
+from train.checkpoint import (CheckpointManager, _atomic_write_text,  # noqa: E402
+                              remove_stale_temporaries, rng_state, set_rng_state)
+from train.check_data import QUICK_SCAN_MAX, require_clean  # noqa: E402
 from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
 from train.make_synthetic import make_synthetic  # noqa: E402
 from train.preemption import StopRequest, ignore_stop_signals  # noqa: E402
+from train.resume import check_resume, restore  # noqa: E402
+from train.run_dir import OutputLock, check_fresh_output, default_output  # noqa: E402
 from train.solver import build_optimizer, build_scheduler  # noqa: E402
 from train.transforms import PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
 
@@ -80,7 +85,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "preset's needs num_classes=N")
     p.add_argument("--data-root", default=None,
                    help="dataset folder; without it a synthetic dataset is written under OUTPUT/synthetic_data")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default {DEFAULT_OUTPUT})")
+    p.add_argument("--output", default=None,
+                   help=f"output folder (default {DEFAULT_OUTPUT}; when that holds a run, the first free "
+                        f"{DEFAULT_OUTPUT}_N)")
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
     p.add_argument("--crop", type=int, default=None, help="square crop size")
@@ -95,7 +102,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-period", type=int, default=0, help="0: evaluate at the end only")
     p.add_argument("--eval-split", default="val", choices=("train", "val"))
     p.add_argument("--tta", action="store_true", help="multi-scale + flip semantic evaluation")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint if present")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last_checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a new run write into an OUTPUT that holds another run (its same-named files are "
+                        "replaced; its other checkpoints stay)")
+    p.add_argument("--check-data", action="store_true",
+                   help="open every image/annotation pair of the train and eval splits, list the bad ones, stop")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--weights", default=None,
                    help="model weights for --eval-only: a train.py checkpoint (its config is used unless --preset "
@@ -109,6 +122,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.eval_only and not args.weights:
         p.error("--eval-only needs --weights FILE")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the run in --output, --overwrite replaces it: choose one")
+    for name, low in (("max_iter", 1), ("batch_size", 1), ("crop", 1), ("checkpoint_period", 1),
+                      ("keep_checkpoints", 1), ("eval_period", 0), ("num_workers", 0)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    if args.output is None:
+        args.output = default_output(DEFAULT_OUTPUT, args.resume or args.eval_only or args.check_data)
+        if args.output != DEFAULT_OUTPUT and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: {DEFAULT_OUTPUT} holds an earlier run; this one writes to {args.output}")
     return args
 
 
@@ -230,7 +254,8 @@ def synthetic_root(args) -> str:
     done = os.path.join(root, ".complete")
     if not os.path.exists(done):
         if int(os.environ.get("RANK", "0")) == 0:
-            make_synthetic(args.dataset, root, SYNTHETIC_IMAGES, SYNTHETIC_SIZE, args.seed)
+            # train.py's own folder (a write killed before .complete is redone)
+            make_synthetic(args.dataset, root, SYNTHETIC_IMAGES, SYNTHETIC_SIZE, args.seed, overwrite=True)
             open(done, "w").close()
         else:
             while not os.path.exists(done):
@@ -377,12 +402,27 @@ class MetricsLog:
         """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, self.path)
+        kept = []
+        with open(self.path, errors="replace") as f:
+            for number, line in enumerate(f, 1):
+                record = self._parse(line, number)
+                if record is not None and record.get("iter", 0) <= iteration:
+                    kept.append(json.dumps(record) + "\n")
+        _atomic_write_text("".join(kept), self.path)
+
+    def _parse(self, line: str, number: int) -> Optional[Dict]:
+        """One record, or None (with a warning) for a torn or corrupt line, e.g. cut by a full disk."""
+        if not line.strip():
+            return None
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            print(f"warning: {self.path} line {number} is not a complete JSON record (an interrupted write?): "
+                  f"dropped {line.strip()[:80]!r}", file=sys.stderr)
+            return None
+        return record
 
     def write(self, record: Dict, prefix: str) -> None:
         if not self.enabled:
@@ -416,11 +456,30 @@ def engine_context(engine: str):
 def run(args) -> Dict[str, float]:
     d, device = init_distributed(args.device)
     try:
-        with engine_context(args.engine):
+        with engine_context(args.engine), output_folder(args, d):
             return _run(args, d, device)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def output_folder(args, d: Dist):
+    """Rank 0 holds OUTPUT's lock for the run; a new training run refuses a folder holding another
+    run (unless --overwrite); temporary files of killed writes are removed."""
+    if not d.main:
+        yield
+        return
+    if not (args.resume or args.eval_only or args.check_data):
+        check_fresh_output(args.output, args.overwrite)
+    os.makedirs(args.output, exist_ok=True)
+    with OutputLock(args.output) as lock:
+        if lock.stale:
+            print(f"note: took over the lock of a process that is gone ({lock.stale})")
+        removed = remove_stale_temporaries(args.output)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed)}")
+        yield
 
 
 def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
@@ -432,6 +491,8 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     cfg = build_config(args, weights)
     root = args.data_root if args.data_root is not None else synthetic_root(args)
     eval_set = build_dataset(args.dataset, root, args.eval_split)
+    if args.check_data:
+        return check_data(args, cfg, root, eval_set)
     amp_ctx = amp_context(args.amp, device)
     log = print if d.main else (lambda *a, **k: None)
     metrics = MetricsLog(args.output, d.main)
@@ -449,26 +510,30 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
         return results
 
     train_set = build_dataset(args.dataset, root, "train")
+    scan = [(s, ds) for s, ds in ((args.eval_split, eval_set), ("train", train_set)) if len(ds) <= QUICK_SCAN_MAX]
+    if d.main and scan:
+        require_clean(scan, cfg.num_classes)  # small datasets: find bad files before the first iteration
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
-    if d.main:
-        with open(os.path.join(args.output, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     checkpoints = CheckpointManager(args.output, args.keep_checkpoints)
     start_iter, position = 0, {"epoch": 0, "index": 0}
-    latest = checkpoints.latest() if args.resume else None
-    if latest is not None:
-        state = checkpoints.load(latest)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+    if args.resume:
+        latest, state = check_resume(args.output, checkpoints, cfg, log)
+        if state["iter"] >= cfg.max_iter:
+            log(f"{args.output}: the run is finished (iteration {state['iter']} of max_iter {cfg.max_iter}); "
+                "nothing to do (raise --max-iter to train longer)")
+            metrics.close()
+            return {}
+        restore(latest, state, model, optimizer, scheduler, scaler)
+        checkpoints.adopt(state, latest)
         start_iter, position = state["iter"], state["data_position"]
         set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
         log(f"resumed from {latest} at iteration {start_iter}")
+    if d.main:  # after the resume checks: a refused resume leaves the run's config.json alone
+        _atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), os.path.join(args.output, "config.json"))
     metrics.truncate_after(start_iter)  # a fresh run starts a fresh log; a resumed one drops records past it
 
     train_model = model
@@ -574,8 +639,20 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     return results
 
 
+def check_data(args, cfg, root: str, eval_set: SegmentationDataset) -> Dict[str, float]:
+    """--check-data: every file of both splits opened once; ValueError (exit 2) listing the bad ones."""
+    splits = [(args.eval_split, eval_set)]
+    if args.eval_split != "train":
+        splits.append(("train", build_dataset(args.dataset, root, "train")))
+    require_clean(splits, cfg.num_classes)
+    total = sum(len(ds) for _, ds in splits)
+    print(f"{args.dataset} at {root}: all {total} image/annotation pairs of {', '.join(n for n, _ in splits)} load")
+    return {"checked": float(total)}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    run_cli("train.py", lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

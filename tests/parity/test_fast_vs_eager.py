@@ -12,25 +12,13 @@ import torch
 
 import maskformer_fast as mf
 from maskformer_fast import ops
+from tests.helpers import spy_kernels as _spy_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (output atol, output and loss rtol, gradient error relative to each gradient's max)
 TOLERANCES = {"cpu": (2e-5, 1e-5, 1e-4), "cuda": (2e-4, 1e-4, 2e-3)}
 
 
-def _spy_kernels(monkeypatch):
-    """Count kernel calls made through the dispatch layer."""
-    calls = {}
-    real_resolve = ops.resolve
-
-    def resolve(op, *tensors, **kwargs):
-        fn = real_resolve(op, *tensors, **kwargs)
-        if fn is not getattr(mf.reference, op):
-            calls[op] = calls.get(op, 0) + 1
-        return fn
-
-    monkeypatch.setattr(ops, "resolve", resolve)
-    return calls
 
 
 def _run(model, images, targets, mode):
