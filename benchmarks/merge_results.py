@@ -95,7 +95,7 @@ def main(argv=None):
     p.add_argument("inputs", nargs="*")
     p.add_argument("--steps", default=None)
     p.add_argument("--step-logs", default=None)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # gpu_suite.sh passes the options before the inputs
     meta, rows, sections, errors = load_inputs(args.inputs)
     if not meta and "environment" in sections:  # no benchmark finished: the versions step's record
         meta = {k: sections["environment"].get(k) for k in ("device", "torch", "triton", "date")}

@@ -59,8 +59,9 @@ def _merge(tmp_path, steps, logs, inputs):
     for name, content in inputs.items():
         paths.append(str(tmp_path / name))
         (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
-    merge_results.main([str(tmp_path / "suite.json"), str(tmp_path / "suite.md"), *paths,
-                        "--steps", str(tmp_path / "steps.tsv"), "--step-logs", str(tmp_path / "logs")])
+    # the argument order gpu_suite.sh's summarise() uses: options between the outputs and the inputs
+    merge_results.main([str(tmp_path / "suite.json"), str(tmp_path / "suite.md"),
+                        "--steps", str(tmp_path / "steps.tsv"), "--step-logs", str(tmp_path / "logs"), *paths])
     return json.loads((tmp_path / "suite.json").read_text()), (tmp_path / "suite.md").read_text()
 
 
