@@ -177,7 +177,7 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
         atomic_save({"w": torch.zeros(1)}, str(tmp_path / "model.pth"))
     monkeypatch.setattr(ckpt.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
-        ckpt._atomic_write_text("x\n", str(tmp_path / "last_checkpoint"))
+        ckpt.atomic_write_text("x\n", str(tmp_path / "last_checkpoint"))
     assert os.listdir(tmp_path) == []
     (tmp_path / ".tmp_k2j4h5g6").write_text("x")
     (tmp_path / ".tmp_notmine.txt").write_text("user file")

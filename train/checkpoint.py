@@ -21,8 +21,8 @@ import torch
 from maskformer_fast.cli_errors import torch_load_reason
 from maskformer_fast.weights import read_weights, rng_state_globals
 
-__all__ = ["atomic_save", "CheckpointManager", "rng_state", "set_rng_state", "load_model_weights",
-           "remove_stale_temporaries"]
+__all__ = ["atomic_save", "atomic_write_text", "CheckpointManager", "rng_state", "set_rng_state",
+           "load_model_weights", "remove_stale_temporaries"]
 
 POINTER = "last_checkpoint"
 _NAME = re.compile(r"^model_(\d{7})\.pth$")
@@ -30,23 +30,37 @@ _NAME = re.compile(r"^model_(\d{7})\.pth$")
 _TMP = re.compile(r"^\.tmp_[a-z0-9_]{8}(\.pth)?$")
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace onto ``path``."""
+def _atomic_write(path: str, write, binary: bool) -> None:
+    """``write(file)`` into a temporary file in ``path``'s folder, fsync, then os.replace onto
+    ``path``: a reader sees the old file or the new one, never half of one. A failed or killed
+    write leaves no temporary behind (or one ``remove_stale_temporaries`` recognises)."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth" if binary else "", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                torch.save(obj, f)
-            except RuntimeError as e:  # torch's writer reports a full disk as "unexpected pos"
-                raise OSError(f"cannot write {path}: the disk is full or failing "
-                              f"({' '.join(str(e).split())[:200]})") from None
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save ``obj`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    def write(f):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch's writer reports a full disk as "unexpected pos"
+            raise OSError(f"cannot write {path}: the disk is full or failing "
+                          f"({' '.join(str(e).split())[:200]})") from None
+    _atomic_write(path, write, binary=True)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _remove_quietly(path: str) -> None:
@@ -54,20 +68,6 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
-
-
-def _atomic_write_text(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
 
 
 def remove_stale_temporaries(folder: str) -> list:
@@ -125,7 +125,7 @@ class CheckpointManager:
         path = os.path.join(self.folder, name)
         earlier = [n for n in self.written if n != name]
         atomic_save({**state, "run_checkpoints": earlier}, path)
-        _atomic_write_text(name + "\n", os.path.join(self.folder, POINTER))
+        atomic_write_text(name + "\n", os.path.join(self.folder, POINTER))
         self.written = earlier + [name]
         for old in self.written[: -self.keep]:
             _remove_quietly(os.path.join(self.folder, old))

@@ -52,7 +52,7 @@ from maskformer_fast.cli_errors import run_cli  # noqa: E402
 from maskformer_fast.predictor import Predictor  # noqa: E402
 from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
-from train.checkpoint import (CheckpointManager, _atomic_write_text,  # noqa: E402
+from train.checkpoint import (CheckpointManager, atomic_write_text,  # noqa: E402
                               remove_stale_temporaries, rng_state, set_rng_state)
 from train.check_data import QUICK_SCAN_MAX, require_clean  # noqa: E402
 from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
@@ -408,7 +408,7 @@ class MetricsLog:
                 record = self._parse(line, number)
                 if record is not None and record.get("iter", 0) <= iteration:
                     kept.append(json.dumps(record) + "\n")
-        _atomic_write_text("".join(kept), self.path)
+        atomic_write_text("".join(kept), self.path)
 
     def _parse(self, line: str, number: int) -> Optional[Dict]:
         """One record, or None (with a warning) for a torn or corrupt line, e.g. cut by a full disk."""
@@ -533,7 +533,7 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
         set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
         log(f"resumed from {latest} at iteration {start_iter}")
     if d.main:  # after the resume checks: a refused resume leaves the run's config.json alone
-        _atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), os.path.join(args.output, "config.json"))
+        atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), os.path.join(args.output, "config.json"))
     metrics.truncate_after(start_iter)  # a fresh run starts a fresh log; a resumed one drops records past it
 
     train_model = model
