@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .predictor import TASKS, Predictor
+from .predictor import TASKS, Predictor, resolve_device
 from .preprocessing import id_to_rgb, preprocess, read_image, resize_image, resized_shape, save_label_map
 from .weights import Weights, config_for_weights, load_weights, read_weights
 
@@ -103,6 +103,8 @@ def output_paths(task: str, output: str, name: str) -> List[str]:
 def check_outputs(task: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
     """Refuse outputs that would replace an input (FileExistsError, always) or an existing file
     (unless ``overwrite``), before anything is written."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise FileExistsError(f"--output {output} is a file, not a folder: choose a folder")
     sources = {os.path.realpath(p): p for p in inputs if p}
     existing = []
     for path in inputs:
@@ -250,7 +252,7 @@ def run(args) -> List[Dict]:
     import maskformer_fast as mf
     weights = read_weights(args.weights) if args.weights else None
     cfg = build_config(args, weights)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     model = mf.build_model(cfg).eval()
     if weights is not None:
         load_weights(model, args.weights, weights)

@@ -19,6 +19,24 @@ TASKS = ("semantic", "panoptic", "instance")
 INSTANCE_BYTES_LIMIT = 8 * 2**30
 
 
+def resolve_device(name: Optional[str]) -> torch.device:
+    """``name`` ("cpu", "cuda", "cuda:1", ...; None: cuda when available, else cpu) as a device,
+    ValueError naming the problem for a malformed name or a GPU this machine does not have."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device name (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible on this machine (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
 class Predictor:
     """One configured model plus the test-time pipeline: image -> task outputs at the image size.
 

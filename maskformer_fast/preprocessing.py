@@ -79,7 +79,8 @@ def resized_shape(height: int, width: int, short: float, max_size: float) -> Tup
     if max(new_h, new_w) > max_size:
         scale = max_size / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    # at least one pixel: a strip like 3 x 20000 would round to 0 rows (Detectron2 then fails)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_image(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:

@@ -277,3 +277,20 @@ def test_cli_errors_have_no_traceback_subprocess(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "junk.pth" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_missing_gpu_file_as_output_and_strip_images(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert _exit_code(TINY_ARGS + ["--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert _exit_code(TINY_ARGS + ["--device", "gpu"]) == 2
+    assert "'gpu' is not a torch device name" in capsys.readouterr().err
+    (tmp_path / "taken").write_text("a user's file")
+    assert _exit_code(TINY_ARGS + ["--input", str(setup["images"] / "a.png"), "--output", str(tmp_path / "taken")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a user's file"
+    # a 1 x 700 strip: short side 64 then the long-side cap 256 leave 256/700 = 0.37 rows, which
+    # rounds to 0: resized to one row instead, predicted, written at the input size
+    Image.fromarray(np.full((1, 700, 3), 128, np.uint8)).save(tmp_path / "strip.png")
+    assert _exit_code(TINY_ARGS + ["--input", str(tmp_path / "strip.png"), "--output", str(tmp_path / "o")]) == 0
+    assert Image.open(tmp_path / "o" / "strip.png").size == (700, 1)

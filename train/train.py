@@ -49,7 +49,7 @@ import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
 from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
 from maskformer_fast.cli_errors import run_cli  # noqa: E402
-from maskformer_fast.predictor import Predictor  # noqa: E402
+from maskformer_fast.predictor import Predictor, resolve_device  # noqa: E402
 from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
 from train.checkpoint import (CheckpointManager, atomic_write_text,  # noqa: E402
@@ -154,7 +154,7 @@ def init_distributed(device_arg: Optional[str]) -> Tuple[Dist, torch.device]:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: NCCL on CUDA, gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_arg is None else device_arg.startswith("cuda")
+    use_cuda = resolve_device(device_arg).type == "cuda"  # a GPU that is not there: one line, exit 2
     device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
