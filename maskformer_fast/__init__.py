@@ -21,6 +21,7 @@ _API = {
     "get_config": "config",
     "list_presets": "config",
     "build_model": "model",
+    "optimize": "fast",
     "MaskFormer": "model",
     "from_hf": "convert",
     "load_official_checkpoint": "convert",
@@ -35,7 +36,7 @@ _API = {
     "load_weights": "weights",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "convert", "predict", "parity", "predictor", "preprocessing", "weights")
+               "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

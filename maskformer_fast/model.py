@@ -67,6 +67,9 @@ class TransformerPredictor(nn.Module):
         else:
             self.input_proj = nn.Identity()
         self.deep_supervision = deep_supervision
+        # Whether eval-mode forwards also return aux_outputs (the official model computes the masks
+        # of every decoder layer at test time and keeps the last; the fast engine turns this off).
+        self.eval_aux_outputs = True
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
@@ -77,10 +80,13 @@ class TransformerPredictor(nn.Module):
         """
         pos = self.pe_layer(x)
         hs = self.transformer(self.input_proj(x), self.query_embed.weight, pos)  # [L, B, Q, E]
+        with_aux = self.deep_supervision and (self.training or self.eval_aux_outputs)
+        if not with_aux:
+            hs = hs[-1:]  # masks of the final layer only: 1/L of the einsum and of its output
         logits = self.class_embed(hs)
         masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
         out: Dict[str, object] = {"pred_logits": logits[-1], "pred_masks": masks[-1]}
-        if self.deep_supervision:
+        if with_aux:
             out["aux_outputs"] = [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])]
         return out
 
@@ -155,6 +161,10 @@ class MaskFormer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         self.check_images(images)
+        return self.forward_checked(images)
+
+    def forward_checked(self, images: torch.Tensor) -> Dict[str, object]:
+        """forward() of images that passed :meth:`check_images` (the part torch.compile traces)."""
         input_size = tuple(images.shape[-2:])
         images = self.pad_images(images)
         features = self.backbone(images)
@@ -166,9 +176,13 @@ class MaskFormer(nn.Module):
         return out
 
 
-def build_model(cfg: MaskFormerConfig) -> MaskFormer:
+def build_model(cfg: MaskFormerConfig, fast: bool = False) -> MaskFormer:
     """The MaskFormer for `cfg` (random init; load weights with convert.*); hot ops dispatched
-    through maskformer_fast.ops."""
+    through maskformer_fast.ops. ``fast=True``: the same model made fast in place for training
+    and eval (:func:`maskformer_fast.fast.build_fast_model`; compiled serving: ``optimize``)."""
     if not isinstance(cfg, MaskFormerConfig):
         raise ValueError(f"build_model expects a MaskFormerConfig (see get_config), got {type(cfg).__name__}")
+    if fast:
+        from .fast import build_fast_model  # fast imports this module
+        return build_fast_model(cfg)
     return MaskFormer(cfg)
