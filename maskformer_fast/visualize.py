@@ -104,8 +104,11 @@ def dataset_metadata(dataset: Optional[str], num_classes: Optional[int] = None,
 
 def read_class_names(path: str) -> List[str]:
     """Class names of a custom dataset: a JSON list of strings, or a text file with one name a line."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read class names file {path}: {getattr(e, 'strerror', None) or e}") from None
     if text.lstrip().startswith("["):
         try:
             names = json.loads(text)
