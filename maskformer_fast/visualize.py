@@ -278,9 +278,10 @@ def draw_panoptic_overlay(image: np.ndarray, ids: np.ndarray, segments_info: Seq
 
 def _draw_instance_labels(canvas: Image.Image, masks: np.ndarray, texts: Sequence[str], colors: np.ndarray,
                           font: ImageFont.ImageFont) -> None:
-    """Each text on a box of its mask's colour at the mask's top-left corner (kept inside the image)."""
+    """Each text on a box of its mask's colour at the mask's top-left corner (kept inside the image);
+    the first (best) label is drawn last, on top."""
     draw = ImageDraw.Draw(canvas)
-    for mask, text, color in zip(masks, texts, colors):
+    for mask, text, color in reversed(list(zip(masks, texts, colors))):
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
             continue
