@@ -53,6 +53,8 @@ setup(
     description="MaskFormer with fused Triton kernels and an exact batched matcher",
     packages=find_packages(include=["maskformer_fast", "maskformer_fast.*"]) + ["maskformer_fast.kernels"],
     package_dir={"maskformer_fast.kernels": "kernels"},
+    # class names and palettes of the datasets (maskformer_fast.visualize reads them with importlib.resources)
+    package_data={"maskformer_fast": ["data/*.json"]},
     python_requires=">=3.10",
     ext_modules=ext_modules(),
     cmdclass=cmdclass(),

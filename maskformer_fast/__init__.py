@@ -34,9 +34,15 @@ _API = {
     "read_image": "preprocessing",
     "read_weights": "weights",
     "load_weights": "weights",
+    "dataset_metadata": "visualize",
+    "DatasetMetadata": "visualize",
+    "draw_semantic_overlay": "visualize",
+    "draw_panoptic_overlay": "visualize",
+    "draw_instance_overlay": "visualize",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights")
+               "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights",
+               "visualize")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

@@ -11,11 +11,20 @@ Each image is read as RGB (EXIF orientation applied), resized as the official te
 <= ``cfg.test_max_size``), normalised with ``cfg.pixel_mean``/``pixel_std`` (0-255 RGB), run
 through the model and post-processed back to its original size. Outputs per image NAME:
 
-* semantic: ``NAME.png``, the label map (uint8; uint16 PNG when there are more than 255 classes);
+* semantic: ``NAME.png``, the label map: pixel values are the class ids, stored as a palette
+  (mode "P") PNG carrying the dataset's colours, so that any viewer shows them; with more than
+  255 classes (ADE20K-Full's 847) a uint16 PNG without colours, as mode "P" holds 256 entries;
 * panoptic: ``NAME.png``, segment ids as COCO panoptic RGB (id = R + 256 G + 256^2 B, 0 = void),
   and ``NAME.json`` with the segments_info (id, category_id, isthing, area);
 * instance: ``NAME.json`` with the scores and labels, best first, and ``NAME_masks.npz`` holding
-  ``masks`` (bool [k, H, W]), ``scores`` and ``labels`` in the same order.
+  ``masks`` (bool [k, H, W]), ``scores`` and ``labels`` in the same order;
+* every task: ``NAME_overlay.png`` (unless ``--no-overlay``), the image at its original size
+  blended with the class colours, segments outlined, a legend of the classes present; panoptic
+  things in shades of their class colour; instance masks with score >= ``--overlay-score``
+  labelled "NAME SCORE" (see :mod:`maskformer_fast.visualize`).
+
+Class names and colours are the dataset's (``cfg.dataset``, shipped with the package); a custom
+dataset names its classes with ``--class-names FILE`` (one name a line, or a JSON list).
 
 ``--weights`` takes a ``train/train.py`` checkpoint (its saved config is used unless ``--preset``
 is given), a bare state dict, or an official model-zoo ``.pkl``/``.pth`` (Detectron2 names).
@@ -32,12 +41,14 @@ import os
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import visualize
 from .predictor import TASKS, Predictor, resolve_device
 from .preprocessing import id_to_rgb, preprocess, read_image, resize_image, resized_shape, save_label_map
 from .weights import Weights, config_for_weights, load_weights, read_weights
@@ -93,23 +104,35 @@ def collect_inputs(paths: Sequence[str]) -> List[str]:
 
 
 OUTPUT_SUFFIXES = {"semantic": (".png",), "panoptic": (".png", ".json"), "instance": (".json", "_masks.npz")}
+OVERLAY_SUFFIX = "_overlay.png"
 
 
-def output_paths(task: str, output: str, name: str) -> List[str]:
-    """The files :func:`write_result` writes for image ``name``."""
-    return [os.path.join(output, name + suffix) for suffix in OUTPUT_SUFFIXES[task]]
+@dataclass(frozen=True)
+class OverlayOptions:
+    """What NAME_overlay.png shows of an instance prediction (--overlay-score, --top-k)."""
+
+    score_threshold: float = 0.5
+    top_k: int = 100
 
 
-def check_outputs(task: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
-    """Refuse outputs that would replace an input (FileExistsError, always) or an existing file
-    (unless ``overwrite``), before anything is written."""
+def output_paths(task: str, output: str, name: str, overlay: bool = True) -> List[str]:
+    """The files :func:`write_result` (and, with ``overlay``, :func:`write_overlay`) write for ``name``."""
+    suffixes = OUTPUT_SUFFIXES[task] + ((OVERLAY_SUFFIX,) if overlay else ())
+    return [os.path.join(output, name + suffix) for suffix in suffixes]
+
+
+def check_outputs(task: str, output: str, inputs: Sequence[str], overwrite: bool, overlay: bool = True,
+                  other_inputs: Sequence[Optional[str]] = ()) -> None:
+    """Refuse outputs that would replace an input image or one of ``other_inputs`` (weights, class
+    names; FileExistsError, always) or an existing file (unless ``overwrite``), before anything is
+    written."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(f"--output {output} is a file, not a folder: choose a folder")
-    sources = {os.path.realpath(p): p for p in inputs if p}
+    sources = {os.path.realpath(p): p for p in list(inputs) + list(other_inputs) if p}
     existing = []
     for path in inputs:
         name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
-        for target in output_paths(task, output, name):
+        for target in output_paths(task, output, name, overlay):
             if os.path.realpath(target) in sources:
                 raise FileExistsError(f"output {target} would overwrite the input {sources[os.path.realpath(target)]}: "
                                       f"choose another --output")
@@ -136,19 +159,44 @@ def read_input(path: str, max_pixels: int) -> np.ndarray:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def _write(task: str, result, output: str, name: str, num_classes: int) -> List[str]:
-    """:func:`write_result`, an OSError (read-only or full folder) naming the folder and image."""
+def _write(task: str, result, image: np.ndarray, output: str, name: str, metadata: visualize.DatasetMetadata,
+           overlay: Optional[OverlayOptions]) -> List[str]:
+    """:func:`write_result` and :func:`write_overlay` (unless ``overlay`` is None), an OSError (read-only
+    or full folder) naming the folder and image."""
     try:
-        return write_result(task, result, output, name, num_classes)
+        written = write_result(task, result, output, name, metadata.num_classes, metadata)
+        if overlay is not None:
+            written.append(write_overlay(task, result, image, os.path.join(output, name + OVERLAY_SUFFIX),
+                                         metadata, overlay))
+        return written
     except OSError as e:
         raise OSError(f"cannot write the prediction of {name} into {output}: {e.strerror or e}") from None
 
 
-def write_result(task: str, result, output: str, name: str, num_classes: int) -> List[str]:
-    """Write one image's prediction under ``output`` (see the module docstring); returns the paths."""
+def write_overlay(task: str, result, image: np.ndarray, path: str, metadata: visualize.DatasetMetadata,
+                  options: OverlayOptions = OverlayOptions()) -> str:
+    """Draw one image's prediction over the image (:mod:`maskformer_fast.visualize`) into ``path``."""
+    if task == "semantic":
+        drawing = visualize.draw_semantic_overlay(image, result.numpy(), metadata)
+    elif task == "panoptic":
+        ids, segments = result
+        drawing = visualize.draw_panoptic_overlay(image, ids.numpy(), segments, metadata)
+    else:
+        drawing = visualize.draw_instance_overlay(image, result["masks"].numpy(), result["scores"].float().numpy(),
+                                                  result["labels"].numpy(), metadata, options.score_threshold,
+                                                  options.top_k)
+    drawing.save(path)
+    return path
+
+
+def write_result(task: str, result, output: str, name: str, num_classes: int,
+                 metadata: Optional[visualize.DatasetMetadata] = None) -> List[str]:
+    """Write one image's prediction under ``output`` (see the module docstring); returns the paths.
+    ``metadata`` gives a semantic label map its palette."""
     base = os.path.join(output, name)
     if task == "semantic":
-        save_label_map(result.numpy(), num_classes, base + ".png")
+        palette = visualize.label_palette(metadata) if metadata is not None else None
+        save_label_map(result.numpy(), num_classes, base + ".png", palette)
         return [base + ".png"]
     if task == "panoptic":
         ids, segments = result
@@ -214,6 +262,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="panoptic: contiguous thing ids, e.g. 0-79 (default: the dataset's, for coco_panoptic "
                         "and ade20k_panoptic; none otherwise)")
     p.add_argument("--top-k", type=int, default=100, help="instance: instances kept per image")
+    p.add_argument("--class-names", default=None, metavar="FILE",
+                   help="names of a custom dataset's classes: one a line, or a JSON list (default: the dataset's)")
+    p.add_argument("--no-overlay", action="store_true", help="do not write NAME_overlay.png")
+    p.add_argument("--overlay-score", type=float, default=0.5,
+                   help="instance: masks drawn in the overlay score at least this (default 0.5)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images read at a time; those with equal resized shapes share one forward")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
@@ -232,6 +285,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.top_k < 1:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
+    if not 0.0 <= args.overlay_score <= 1.0:
+        p.error(f"--overlay-score must be in [0, 1], got {args.overlay_score}")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"config override {item!r} is not KEY=VALUE")
@@ -247,11 +302,21 @@ def build_config(args, weights: Optional[Weights]):
     return config_for_weights(weights, args.preset, DEFAULT_PRESET, overrides)
 
 
+def build_metadata(args, cfg) -> visualize.DatasetMetadata:
+    """The dataset's class names and colours, the names replaced by --class-names FILE."""
+    class_names = visualize.read_class_names(args.class_names) if args.class_names else None
+    if class_names is not None and len(class_names) != cfg.num_classes:
+        raise ValueError(f"--class-names {args.class_names} lists {len(class_names)} names but the model has "
+                         f"{cfg.num_classes} classes")
+    return visualize.dataset_metadata(cfg.dataset, cfg.num_classes, class_names)
+
+
 def run(args) -> List[Dict]:
     """Predict every input (or the generated image); returns one record per image."""
     import maskformer_fast as mf
     weights = read_weights(args.weights) if args.weights else None
     cfg = build_config(args, weights)
+    metadata = build_metadata(args, cfg)
     device = str(resolve_device(args.device))
     model = mf.build_model(cfg).eval()
     if weights is not None:
@@ -276,11 +341,12 @@ def run(args) -> List[Dict]:
     else:
         files, output = [None], args.output
     if output:
-        check_outputs(args.task, output, files, args.overwrite)
+        check_outputs(args.task, output, files, args.overwrite, not args.no_overlay, (args.weights, args.class_names))
         os.makedirs(output, exist_ok=True)
     print(f"{cfg.name}: {num_params:,} parameters ({num_params / 1e6:.1f} M), {cfg.num_classes} classes, "
           f"task {args.task}, device {device}, engine {args.engine}, amp {args.amp}"
           + (f", weights {args.weights}" if args.weights else ", random weights"))
+    overlay = None if args.no_overlay else OverlayOptions(args.overlay_score, args.top_k)
     records, total = [], 0.0
     with mf.ops.use("eager" if args.engine == "eager" else "auto"):
         for first in range(0, len(files), args.batch_size):
@@ -294,7 +360,7 @@ def run(args) -> List[Dict]:
             total += seconds * len(paths)
             for path, image, result in zip(paths, images, results):
                 name = os.path.splitext(os.path.basename(path))[0] if path else "synthetic"
-                written = _write(args.task, result, output, name, cfg.num_classes) if output else []
+                written = _write(args.task, result, image, output, name, metadata, overlay) if output else []
                 print(f"{path or name}: {image.shape[1]}x{image.shape[0]} -> {describe(args.task, result)}, "
                       f"{seconds * 1000:.0f} ms" + (f" -> {', '.join(written)}" if written else ""))
                 records.append({"name": name, "size": image.shape[:2], "seconds": seconds, "files": written})

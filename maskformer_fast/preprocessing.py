@@ -12,7 +12,7 @@ Detectron2's conventions, without Detectron2:
   :func:`save_label_map` writes a semantic label map (predict and evaluation alike).
 """
 import os
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -118,6 +118,13 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
-def save_label_map(labels: np.ndarray, num_classes: int, path: str) -> None:
-    """A semantic label map [H, W] as a PNG: uint8, or uint16 when there are more than 255 classes."""
-    Image.fromarray(labels.astype(np.uint8 if num_classes <= 255 else np.uint16)).save(path)
+def save_label_map(labels: np.ndarray, num_classes: int, path: str, palette: Optional[Sequence[int]] = None) -> None:
+    """A semantic label map [H, W] as a PNG: uint8, or uint16 when there are more than 255 classes.
+
+    ``palette`` (768 RGB values) makes the uint8 map a mode "P" PNG: the pixel values stay the
+    class ids (``np.asarray(Image.open(path))`` reads them back), viewers show the colours. A
+    uint16 map cannot carry one (mode "P" has 256 entries) and is written without it."""
+    image = Image.fromarray(labels.astype(np.uint8 if num_classes <= 255 else np.uint16))
+    if palette is not None and num_classes <= 255:
+        image.putpalette(list(palette))  # turns the "L" image into mode "P", the values unchanged
+    image.save(path)

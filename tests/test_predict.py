@@ -67,8 +67,11 @@ def test_semantic_png_equals_model_plus_semantic_inference(setup):
         expected = mf.semantic_inference(out, [shape], [size])[0].argmax(0).numpy()
         assert len(np.unique(expected)) > 1, "a constant map would not test the resize and normalisation"
         png = Image.open(out_dir / f"{name}.png")
-        assert png.mode == "L" and png.size == (size[1], size[0])
+        assert png.mode == "P" and png.size == (size[1], size[0])  # the ids, with the ADE20K palette
         np.testing.assert_array_equal(np.asarray(png), expected)
+        assert png.getpalette()[:6] == [120, 120, 120, 180, 120, 120]  # wall, building
+        overlay = Image.open(out_dir / f"{name}_overlay.png")
+        assert overlay.mode == "RGB" and overlay.size == png.size
 
 
 def test_train_checkpoint_and_bare_state_dict_agree(setup):
@@ -98,6 +101,7 @@ def test_panoptic_png_decodes_to_segments_info(setup):
     expected, segments = mf.panoptic_inference(out, [shape], [size], mf.PanopticMetadata({0, 1}), 0.0, 0.0)[0]
     np.testing.assert_array_equal(ids, expected.numpy())
     assert [s["category_id"] for s in segments] == [s["category_id"] for s in info]
+    assert Image.open(out_dir / "a_overlay.png").size == (70, 50)
 
 
 def test_instance_npz_and_json(setup):
@@ -112,6 +116,7 @@ def test_instance_npz_and_json(setup):
     out, shape, size = _direct_outputs(setup, "b")
     expected = mf.instance_inference(out, [shape], [size], top_k=7)[0]
     np.testing.assert_array_equal(saved["masks"], expected["masks"].numpy())
+    assert Image.open(out_dir / "b_overlay.png").size == (40, 81)
 
 
 def test_bad_inputs_name_the_file(setup, tmp_path):
@@ -180,7 +185,7 @@ def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path)
                       "--batch-size", str(batch), "--input", str(folder), "--output", str(out_dir)])
             assert sorted(forwards) == ([1, 1, 1] if batch == 1 else [1, 2]), forwards
             outputs[batch] = {f: (out_dir / f).read_bytes() for f in sorted(os.listdir(out_dir))}
-        assert len(outputs[1]) == (3 if task == "semantic" else 6) and outputs[1] == outputs[3], task
+        assert len(outputs[1]) == (6 if task == "semantic" else 9) and outputs[1] == outputs[3], task  # with overlays
     with pytest.raises(SystemExit):
         main(TINY_ARGS + ["--batch-size", "0"])
 
@@ -294,3 +299,43 @@ def test_missing_gpu_file_as_output_and_strip_images(setup, tmp_path, capsys, mo
     Image.fromarray(np.full((1, 700, 3), 128, np.uint8)).save(tmp_path / "strip.png")
     assert _exit_code(TINY_ARGS + ["--input", str(tmp_path / "strip.png"), "--output", str(tmp_path / "o")]) == 0
     assert Image.open(tmp_path / "o" / "strip.png").size == (700, 1)
+
+
+def test_overlays_are_outputs_too(setup, tmp_path, capsys):
+    image = str(setup["images"] / "a.png")
+    assert _exit_code(TINY_ARGS + ["--input", image, "--output", str(tmp_path / "plain"), "--no-overlay"]) == 0
+    assert sorted(os.listdir(tmp_path / "plain")) == ["a.png"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_overlay.png").write_bytes(b"an earlier drawing")
+    assert _exit_code(TINY_ARGS + ["--input", image, "--output", str(out)]) == 2
+    assert "a_overlay.png exists" in capsys.readouterr().err and not (out / "a.png").exists()
+    assert _exit_code(TINY_ARGS + ["--input", image, "--output", str(out), "--no-overlay"]) == 0  # not written
+    assert (out / "a_overlay.png").read_bytes() == b"an earlier drawing"
+    # the class names file is an input: a panoptic a.json output must not replace it
+    names = out / "a.json"
+    names.write_text(json.dumps([f"thing {i}" for i in range(5)]))
+    assert _exit_code(TINY_ARGS + ["--task", "panoptic", "--class-names", str(names), "--input", image,
+                                   "--output", str(out), "--overwrite"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and names.read_text().startswith('["thing 0"')
+
+
+def test_class_names_file(setup, tmp_path, capsys):
+    image = str(setup["images"] / "a.png")
+    (tmp_path / "three.txt").write_text("cat\ndog\nbird\n")
+    assert _exit_code(TINY_ARGS + ["--class-names", str(tmp_path / "three.txt"), "--input", image,
+                                   "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("three.txt lists 3 names but the model has 5 classes") and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert _exit_code(TINY_ARGS + ["--class-names", str(tmp_path / "nope.txt"), "--input", image]) == 2
+    assert "cannot read class names file" in capsys.readouterr().err
+    assert _exit_code(TINY_ARGS + ["--overlay-score", "1.5"]) == 2
+    # the names reach the overlay's legend: the drawing differs from the dataset-named one
+    (tmp_path / "five.txt").write_text("".join(f"custom class {i}\n" for i in range(5)))
+    for folder, extra in (("dataset", []), ("custom", ["--class-names", str(tmp_path / "five.txt")])):
+        assert _exit_code(TINY_ARGS + extra + ["--weights", setup["bare"], "--input", image,
+                                               "--output", str(tmp_path / folder)]) == 0
+    dataset, custom = (np.asarray(Image.open(tmp_path / d / "a_overlay.png")) for d in ("dataset", "custom"))
+    np.testing.assert_array_equal(*(np.asarray(Image.open(tmp_path / d / "a.png")) for d in ("dataset", "custom")))
+    assert not np.array_equal(dataset, custom)

@@ -51,6 +51,7 @@ from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E4
 from maskformer_fast.cli_errors import run_cli  # noqa: E402
 from maskformer_fast.predictor import Predictor, resolve_device  # noqa: E402
 from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
+from maskformer_fast.visualize import dataset_metadata, label_palette  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
 from train.checkpoint import (CheckpointManager, atomic_write_text,  # noqa: E402
                               remove_stale_temporaries, rng_state, set_rng_state)
@@ -309,7 +310,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, 
     """Semantic (mIoU, fwIoU, mACC, pACC) or panoptic (PQ/SQ/RQ, things/stuff) metrics, in percent.
     Panoptic predictions are written under ``output_dir`` (PNGs + json, for pq_compute); with
     save_semantic, semantic label maps too (``output_dir/semantic_predictions/NAME.png``, as
-    predict writes them).
+    predict writes them: class ids in a palette PNG of the dataset's colours).
 
     Images become results through the same :class:`~maskformer_fast.predictor.Predictor` that
     predict uses (one read, resize, normalisation and post-processing path). Each rank
@@ -326,6 +327,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, 
         if info.task == "semantic":
             evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
             pred_dir = os.path.join(output_dir, "semantic_predictions")
+            palette = label_palette(dataset_metadata(info.name, cfg.num_classes))  # predict's palette PNGs
             if save_semantic:
                 os.makedirs(pred_dir, exist_ok=True)
             for i in indices:
@@ -334,7 +336,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, 
                 evaluator.update(labels, sample["sem_seg"])
                 if save_semantic:
                     name = os.path.splitext(os.path.basename(sample["file_name"]))[0] + ".png"
-                    save_label_map(labels.numpy(), cfg.num_classes, os.path.join(pred_dir, name))
+                    save_label_map(labels.numpy(), cfg.num_classes, os.path.join(pred_dir, name), palette)
             if d.world > 1:
                 confusion = torch.from_numpy(evaluator.confusion).to(device)
                 dist.all_reduce(confusion)
