@@ -1,44 +1,65 @@
-"""Whole-model benchmark: eager reference vs fast engine, side by side in one run.
+"""Whole-model benchmark: every engine side by side in one run, same weights, same inputs.
 
-    python benchmarks/bench_model.py [--preset maskformer_r50_ade20k] [--batch 8] [--size 512]
-                                     [--amp bf16|fp16|none] [--compile] [--no-profile] [--json PATH]
+    python benchmarks/bench_model.py [--preset maskformer_r50_ade20k] [--size 512] [--batches 1 4]
+        [--train-batch 2] [--train-size 256] [--threads N] [--amp bf16|fp16|none] [--no-compile]
+        [--no-profile] [--out DIR | --json PATH] [--tiny]
 
-Times inference (forward) and a training step (forward + criterion + backward) with
-ops.use("eager") and with the fast engine, reports peak memory and how far the fast outputs are
-from the eager ones. Both run under the same autocast (bf16 by default on CUDA, as training
-with ``--amp bf16``). ``--compile`` adds the fast engine with the model under torch.compile
-(inductor; its compilation, a minute or more, is warm-up and not timed).
+Engines (rows "impl"):
+  eager         the reference model, ``ops.use("eager")``
+  fast          ``mf.optimize(model, compile=False)`` (inference) / ``build_model(cfg, fast=True)``
+                (training): folded frozen norms, final-layer masks, channels_last, kernels on CUDA
+  fast+compile  ``mf.optimize(model)``: the same under inductor (freezing for inference); its
+                compilation is warm-up, not timed. Training compiled on CUDA only (minutes on a CPU).
+  hf            HF transformers ``MaskFormerForInstanceSegmentation``; our models are built from
+                it with ``from_hf``, so every engine runs the same weights (ResNet-50 and Swin only)
+  onnxruntime   ``mf.export_onnx`` of the eager model, run by onnxruntime (inference only)
+Inference is timed at each of ``--batches`` (default 1 and 4 on a CPU, 1 and 16 on CUDA) at
+``--size``; the training step (forward + criterion + backward) at ``--train-batch`` x
+``--train-size``. Each row gives img/s, the speedup over eager (and over HF), peak memory (CUDA
+allocator; on a CPU the process's resident high-water mark) and how far the final outputs are
+from eager's. On CUDA the fast engines run ``ops.use("triton")`` and a speedup is only written
+where every hot op ran its kernel ("auto" would fall back to the references if the kernels did
+not import, and time eager twice); the rows record which implementation each op ran.
 
-The fast engine runs under ops.use("triton"), not "auto": "auto" falls back to the eager
-references when the kernels do not import, and would time eager twice and call it 1.00x. Each
-engine's rows record which implementation every hot op ran (counted through ops.resolve), and a
-speedup is only reported when every op ran its kernel. A torch.profiler pass over one training
-step per engine lists the top kernels by device time (section "profile" of the JSON).
-
-Without CUDA it runs a tiny configuration through the eager path only and writes the fast rows
-untimed, saying why: the kernels would run in the Triton interpreter, which is no speed reference.
+Writes ``bench_model-<preset>.{json,md,png}`` under ``--out`` (default
+``benchmarks/results/<machine>-<date>/``; an existing file is never replaced: a new folder
+``...-2`` is used), or only the JSON at ``--json`` (benchmarks/gpu_suite.sh). ``--tiny``: the
+small configuration the tests run (2 decoder layers, 64x64, batch 1 and 2).
 """
 import argparse
 import contextlib
+import copy
+import os
+import resource
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Dict, Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import maskformer_fast as mf  # noqa: E402
-from benchmarks.common import Row, measure, report  # noqa: E402
+from benchmarks.common import Row, device_name, peak_memory_mib, report, time_fn  # noqa: E402
+from benchmarks.table import dict_table, markdown_table  # noqa: E402
 
 HOT_OPS = ("group_norm_act", "attention", "mask_costs", "mask_losses")
-NO_CUDA = "no CUDA: the kernels would run in the Triton interpreter (no speed reference)"
+OUTPUTS = (("pred_logits", "class_queries_logits"), ("pred_masks", "masks_queries_logits"))
+
+
+def progress(message: str) -> None:
+    print(f"[bench_model {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def random_targets(batch, size, num_classes, masks_per_image, generator):
     targets = []
+    cell = max(size // 16, 1)
     for _ in range(batch):
         labels = torch.randperm(num_classes, generator=generator)[:masks_per_image]
-        owner = torch.randint(0, masks_per_image, (size // 16, size // 16), generator=generator)
-        owner = owner.repeat_interleave(16, 0).repeat_interleave(16, 1)
+        owner = torch.randint(0, masks_per_image, (size // cell, size // cell), generator=generator)
+        owner = owner.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
         masks = owner[None] == torch.arange(masks_per_image)[:, None, None]
         targets.append({"labels": labels, "masks": masks})
     return targets
@@ -66,8 +87,8 @@ def dispatch_summary(counts):
     return "; ".join(f"{op}: kernel x{c['kernel']}, reference x{c['reference']}" for op, c in sorted(counts.items()))
 
 
-def top_kernels(step, engine, cuda, top=15):
-    """The top `top` kernels (CUDA) or CPU ops by self time in one profiled call of step."""
+def top_ops(step, engine, cuda, top=15):
+    """The top `top` CUDA kernels (or CPU ops) by self time in one profiled call of step."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -88,113 +109,366 @@ def top_kernels(step, engine, cuda, top=15):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="maskformer_r50_ade20k")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--size", type=int, default=None, help="inference side (default 512; --tiny 64)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="inference batches (CPU 1 4, CUDA 1 16)")
+    p.add_argument("--train-batch", type=int, default=None, help="default: 2 on a CPU, 8 on CUDA")
+    p.add_argument("--train-size", type=int, default=None, help="default: 256 on a CPU, 512 on CUDA")
     p.add_argument("--masks-per-image", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per CPU row (CUDA: triton do_bench)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None, help="default: bf16 on CUDA, none on CPU")
-    p.add_argument("--compile", action="store_true", help="also time the fast engine under torch.compile (CUDA)")
+    p.add_argument("--engines", nargs="+", default=None, help=f"subset of {', '.join(ENGINE_NAMES)}")
+    p.add_argument("--no-compile", action="store_true", help="leave out fast+compile")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass")
-    p.add_argument("--json", default=None)
-    return p.parse_args(argv)
+    p.add_argument("--tiny", action="store_true", help="the small configuration the tests run")
+    p.add_argument("--out", default=None, help="folder for the json, md and png")
+    p.add_argument("--json", default=None, help="write only this JSON (the GPU suite)")
+    args = p.parse_args(argv)
+    for name in ("size", "train_batch", "train_size", "threads", "repeats", "masks_per_image"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batches is not None and min(args.batches) < 1:
+        p.error("--batches must be at least 1")
+    unknown = set(args.engines or ()) - set(ENGINE_NAMES)
+    if unknown:
+        p.error(f"unknown engines {sorted(unknown)}; known: {', '.join(ENGINE_NAMES)}")
+    return args
+
+
+@dataclass
+class Engine:
+    """How one engine runs inference (images -> our output dict) and a training step."""
+
+    name: str
+    infer: Optional[Callable]
+    train_step: Optional[Callable]
+    ops_mode: Optional[str]          # the ops.use mode it runs under (None: not our ops)
+    skipped: Dict[str, str] = field(default_factory=dict)  # "inference"/"train_step" -> why
+    ran: str = ""
 
 
 class Workload:
-    """The model, one batch and the two timed calls (forward; forward + criterion + backward)."""
+    """The shared weights (an HF model where HF has the backbone, and our eager model made
+    from it), the inputs and the autocast."""
 
     def __init__(self, args, cuda):
+        self.cuda = cuda
         self.device = "cuda" if cuda else "cpu"
         self.amp = args.amp or ("bf16" if cuda else "none")
-        overrides = {} if cuda else {"num_decoder_layers": 2, "dim_feedforward": 256}
-        batch, size = (args.batch, args.size) if cuda else (1, 64)
-        cfg = mf.get_config(args.preset, **overrides)
-        self.model = mf.build_model(cfg).to(self.device)
+        self.tiny = args.tiny
+        self.size = args.size or (64 if args.tiny else 512)
+        self.batches = args.batches or ([1, 2] if args.tiny else [1, 16] if cuda else [1, 4])
+        self.train_batch = args.train_batch or (1 if args.tiny else 8 if cuda else 2)
+        self.train_size = args.train_size or (64 if args.tiny else 512 if cuda else 256)
+        overrides = dict(num_decoder_layers=2, dim_feedforward=256) if args.tiny else {}
+        self.cfg = mf.get_config(args.preset, **overrides)
+        self.hf, self.hf_reason = build_hf(self.cfg)
+        if self.hf is not None:
+            self.model = mf.from_hf(self.hf).to(self.device)
+            self.hf.to(self.device)
+        else:
+            torch.manual_seed(0)
+            self.model = mf.build_model(self.cfg).to(self.device)
         g = torch.Generator().manual_seed(0)
-        self.images = torch.randn(batch, 3, size, size, generator=g).to(self.device)
-        masks = min(args.masks_per_image, 100 if cuda else 5)
+        self.images = {b: torch.randn(b, 3, self.size, self.size, generator=g).to(self.device) for b in self.batches}
+        self.train_images = torch.randn(self.train_batch, 3, self.train_size, self.train_size, generator=g)
+        self.train_images = self.train_images.to(self.device)
+        masks = min(args.masks_per_image, self.cfg.num_classes, 5 if args.tiny else 100)
         self.targets = [{k: v.to(self.device) for k, v in t.items()}
-                        for t in random_targets(batch, size, cfg.num_classes, masks, g)]
-        self.shape = f"{args.preset} {batch}x3x{size}x{size} amp={self.amp}"
+                        for t in random_targets(self.train_batch, self.train_size, self.cfg.num_classes, masks, g)]
+        self.label = f"{args.preset}{' (tiny)' if args.tiny else ''} amp={self.amp}"
 
     def autocast(self):
         if self.amp == "none":
             return contextlib.nullcontext()
         return torch.autocast(self.device, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
-    def train_step(self, net):
-        with self.autocast():
-            out = net(self.images)
-            loss = sum(self.model.criterion(out, self.targets).values())
+    def our_train_step(self, net):
+        def step():
+            with self.autocast():
+                out = net(self.train_images)
+                loss = sum(net.criterion(out, self.targets).values())
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+        return step
+
+
+def build_hf(cfg):
+    """(random-init HF MaskFormerForInstanceSegmentation shaped as cfg, None) or (None, why not).
+    Its BatchNorm statistics are moved off 0/1 so that folding them is not a no-op."""
+    try:
+        import transformers
+    except ImportError:
+        return None, "transformers is not installed"
+    if cfg.backbone == "resnet50":
+        backbone = transformers.ResNetConfig(depths=[3, 4, 6, 3], out_features=["stage1", "stage2", "stage3", "stage4"])
+    elif cfg.backbone.startswith("swin"):
+        embed_dim, depths, heads = mf.backbone.SWIN_SPECS[cfg.backbone]
+        backbone = transformers.SwinConfig(embed_dim=embed_dim, depths=list(depths), num_heads=list(heads),
+                                           window_size=cfg.window_size, out_features=["stage1", "stage2", "stage3", "stage4"])
+    else:
+        return None, f"HF transformers has no {cfg.backbone} MaskFormer backbone"
+    if cfg.pixel_decoder_encoder_layers:
+        return None, "HF MaskFormer has no +6Enc pixel decoder"
+    decoder = dict(model_type="detr", num_queries=cfg.num_queries, decoder_layers=cfg.num_decoder_layers,
+                   decoder_ffn_dim=cfg.dim_feedforward, encoder_ffn_dim=cfg.dim_feedforward, dropout=cfg.dropout)
+    hf_cfg = transformers.MaskFormerConfig(backbone_config=backbone, num_labels=cfg.num_classes, decoder_config=decoder)
+    torch.manual_seed(0)
+    hf = transformers.MaskFormerForInstanceSegmentation(hf_cfg).eval()
+    with torch.no_grad():
+        for name, buf in hf.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+    return hf, None
+
+
+def eager_engine(work):
+    return Engine("eager", work.model, work.our_train_step(work.model), "eager")
+
+
+def fast_engine(work, compile=False):
+    name = "fast+compile" if compile else "fast"
+    infer = mf.optimize(copy.deepcopy(work.model), compile=compile, amp=work.amp)
+    trainable = not compile or work.cuda
+    train = mf.optimize(copy.deepcopy(work.model).train(), compile=compile, inference=False) if trainable else None
+    engine = Engine(name, infer, work.our_train_step(train) if train is not None else None,
+                    "triton" if work.cuda else "auto")
+    if not trainable:
+        engine.skipped["train_step"] = "compiling the training graph takes minutes on a CPU: CUDA only"
+    return engine
+
+
+def hf_engine(work):
+    if work.hf is None:
+        return Engine("hf", None, None, None, skipped={"inference": work.hf_reason, "train_step": work.hf_reason})
+    hf = work.hf
+    train_hf = copy.deepcopy(hf).train()
+    mask_labels = [t["masks"].float() for t in work.targets]
+    class_labels = [t["labels"] for t in work.targets]
+
+    def infer(images):
+        out = hf(pixel_values=images)
+        return {"pred_logits": out.class_queries_logits, "pred_masks": out.masks_queries_logits}
+
+    def step():
+        with work.autocast():
+            loss = train_hf(pixel_values=work.train_images, mask_labels=mask_labels, class_labels=class_labels).loss
         loss.backward()
-        self.model.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def infer(self, net):
-        with self.autocast():
-            return net(self.images)
+        train_hf.zero_grad(set_to_none=True)
+    return Engine("hf", infer, step, None, ran="transformers MaskFormerForInstanceSegmentation")
 
 
-def run_engine(work, name, mode, net, profile):
-    """(forward row, train-step row, forward outputs, dispatch counts, profile records) of one engine."""
-    counts = {}
-    # counted on the uncompiled model only: under torch.compile, resolve runs once per trace
-    record = recording_dispatch(counts) if net is work.model else contextlib.nullcontext()
-    with mf.ops.use(mode):
-        with record:  # also the warm-up: kernel compilation, allocator
-            work.model.eval()
-            outputs = work.infer(net)
-            work.model.train()
-            work.train_step(net)
-        work.model.eval()
-        forward = measure("model_forward", name, work.shape, lambda: work.infer(net))
-        work.model.train()
-        torch.manual_seed(0)
-        step = measure("model_train_step", name, work.shape, lambda: work.train_step(net))
-        prof = top_kernels(lambda: work.train_step(net), name, work.device == "cuda") if profile else []
-    return forward, step, outputs, counts, prof
+def onnx_engine(work):
+    why = {"train_step": "inference only"}
+    try:
+        path = os.path.join(tempfile.mkdtemp(prefix="bench_model_onnx_"), "model.onnx")
+        mf.export_onnx(copy.deepcopy(work.model).cpu().eval(), path)
+        runner = mf.OnnxModel(path, device=work.device)
+    except (ImportError, AttributeError, RuntimeError, ValueError) as e:
+        reason = f"onnx export/runtime unavailable: {str(e).splitlines()[0][:120]}"
+        return Engine("onnxruntime", None, None, None, skipped={"inference": reason, **why})
+    return Engine("onnxruntime", runner, None, None, skipped=why, ran="onnxruntime " + runner.providers[0])
 
 
-def compare_with_eager(rows, outputs, dispatch):
-    """Output differences and speedups of every timed fast row; no speedup where an op never
-    ran its kernel (that row would be timing the reference)."""
-    eager_forward, eager_step = rows[0], rows[1]
-    for forward, step in zip(rows[2::2], rows[3::2]):
-        if forward.ms is None:
+ENGINES = {"eager": eager_engine, "fast": fast_engine, "fast+compile": lambda w: fast_engine(w, compile=True),
+           "hf": hf_engine, "onnxruntime": onnx_engine}
+ENGINE_NAMES = tuple(ENGINES)
+
+
+def rss_mib() -> float:
+    """The process's resident-memory high-water mark (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_engine(work, engine, args) -> tuple:
+    """(rows, final outputs at the first batch, dispatch counts, profile records) of one engine."""
+    rows, counts, outputs, prof = [], {}, None, []
+    mode = contextlib.nullcontext() if engine.ops_mode is None else mf.ops.use(engine.ops_mode)
+    compiled = engine.name.endswith("compile")
+    with mode:
+        for b in work.batches if engine.infer is not None else ():
+            def call(images=work.images[b]):
+                with torch.no_grad(), work.autocast():
+                    return engine.infer(images)
+            if compiled and b == work.batches[0]:
+                progress(f"{engine.name}: compiling (warm-up, not timed)")
+            with recording(engine, counts, first=b == work.batches[0]):
+                first = call()
+            outputs = first if outputs is None else outputs
+            rows.append(timed_row("inference", engine, f"{b}x3x{work.size}x{work.size}", b, call, work, args))
+        if engine.train_step is not None:
+            if compiled:
+                progress(f"{engine.name}: compiling the training step (warm-up, not timed)")
+            with recording(engine, counts, first=True):
+                engine.train_step()
+            b, s = work.train_batch, work.train_size
+            rows.append(timed_row("train_step", engine, f"{b}x3x{s}x{s}", b, engine.train_step, work, args))
+        if not args.no_profile and engine.name in ("eager", "fast"):
+            step = engine.train_step if work.cuda else (lambda: call_first(work, engine))
+            prof = top_ops(step, engine.name, work.cuda)
+    for op, why in engine.skipped.items():
+        rows.append(Row(op, engine.name, "-", None, None, None, extra={"skipped": why}))
+    return rows, outputs, counts, prof
+
+
+def recording(engine, counts, first):
+    """Dispatch recording around an engine's first call of each kind (not under torch.compile,
+    where ops.resolve runs once per trace: the compiled engine makes the fast engine's choices)."""
+    if first and engine.ops_mode and not engine.name.endswith("compile"):
+        return recording_dispatch(counts)
+    return contextlib.nullcontext()
+
+
+def call_first(work, engine):
+    with torch.no_grad(), work.autocast():
+        return engine.infer(work.images[work.batches[0]])
+
+
+def timed_row(op, engine, shape, batch, fn, work, args) -> Row:
+    ms, p20, p80 = time_fn(fn, cpu_repeats=args.repeats)
+    row = Row(op, engine.name, shape, ms, p20, p80, peak_mib=peak_memory_mib(fn) if work.cuda else None,
+              extra={"img/s": round(batch * 1e3 / ms, 3)})
+    if not work.cuda:
+        row.extra["rss_high_water_mib"] = round(rss_mib())
+    progress(f"{engine.name:>12} {op:<10} {shape:<14} {ms:9.1f} ms  {batch * 1e3 / ms:8.2f} img/s")
+    return row
+
+
+def relative_difference(outputs, reference):
+    """max |a - b| / max |b| per final output (HF's tensors under our names)."""
+    diffs = {}
+    for ours, _ in OUTPUTS:
+        a, b = outputs[ours].float(), reference[ours].float()
+        diffs[ours] = (a - b).abs().max().item() / b.abs().max().clamp_min(1e-30).item()
+    return diffs
+
+
+def add_speedups(rows, outputs, dispatch, cuda):
+    """Speedup over eager and HF on every timed row of the same op and shape; none where a fast
+    engine on CUDA never ran one of its kernels (it would be timing the references)."""
+    base = {(r.op, r.shape, r.impl): r.ms for r in rows if r.ms is not None}
+    for row in rows:
+        if row.ms is None:
             continue
-        name = forward.impl
-        for key in ("pred_logits", "pred_masks"):
-            diff = (outputs[name][key].float() - outputs["eager"][key].float()).abs().max().item()
-            forward.extra[f"max|{name}-eager| {key}"] = f"{diff:.2e}"
-        missing = [op for op in HOT_OPS if dispatch[name].get(op, {}).get("kernel", 0) == 0]
-        for row, base in ((forward, eager_forward), (step, eager_step)):
-            row.extra["speedup"] = (f"n/a: never ran its kernel: {', '.join(missing)}" if missing
-                                    else f"{base.ms / row.ms:.2f}x")
+        missing = [op for op in HOT_OPS if dispatch.get(row.impl, {}).get(op, {}).get("kernel", 0) == 0]
+        if cuda and row.impl.startswith("fast") and missing:
+            row.extra["speedup"] = f"n/a: never ran its kernel: {', '.join(missing)}"
+            continue
+        for ref in ("eager", "hf"):
+            if ref != row.impl and (row.op, row.shape, ref) in base:
+                row.extra[f"vs {ref}"] = f"{base[row.op, row.shape, ref] / row.ms:.2f}x"
+        if row.op == "inference" and row.impl != "eager" and row.impl in outputs and "eager" in outputs:
+            for key, diff in relative_difference(outputs[row.impl], outputs["eager"]).items():
+                row.extra[f"rel diff {key}"] = f"{diff:.1e}"
+
+
+def machine_slug() -> str:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    else:
+        name = "cpu"
+        with contextlib.suppress(OSError):
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1] for line in f if line.startswith("model name")), name)
+        name = f"cpu {name} {os.cpu_count()}c"
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+def output_folder(args) -> Path:
+    """--out, refused if it holds this preset's results; by default a new dated folder."""
+    name = f"bench_model-{args.preset}"
+    if args.out:
+        out = Path(args.out)
+        if any((out / f"{name}{ext}").exists() for ext in (".json", ".md", ".png")):
+            raise SystemExit(f"bench_model: {out} already holds {name} results: choose another --out")
+        return out
+    root = Path(__file__).resolve().parent / "results" / f"{machine_slug()}-{time.strftime('%Y-%m-%d')}"
+    out, n = root, 1
+    while (out / f"{name}.json").exists():
+        n += 1
+        out = root.with_name(f"{root.name}-{n}")
+    return out
+
+
+def plot(rows, path: Path, title: str) -> None:
+    """img/s per engine, grouped by op and batch, each bar labelled with its speedup over eager."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [r for r in rows if r.ms is not None]
+    groups = list(dict.fromkeys(f"{r.op}\n{r.shape}" for r in timed))
+    engines = list(dict.fromkeys(r.impl for r in timed))
+    width = 0.8 / max(len(engines), 1)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(groups), 4.2))
+    for i, engine in enumerate(engines):
+        for j, group in enumerate(groups):
+            row = next((r for r in timed if r.impl == engine and f"{r.op}\n{r.shape}" == group), None)
+            if row is None:
+                continue
+            x = j + (i - (len(engines) - 1) / 2) * width
+            ax.bar(x, row.extra["img/s"], width, color=f"C{i}", label=engine if j == 0 or engine not in
+                   ax.get_legend_handles_labels()[1] else None)
+            label = "1.00x" if engine == "eager" else row.extra.get("vs eager", "")
+            ax.text(x, row.extra["img/s"], label, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel("images / s (higher is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(rows, sections, meta, args) -> None:
+    if args.json:
+        report(rows, args.json, sections=sections)
+        return
+    out = output_folder(args)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"bench_model-{args.preset}"
+    report(rows, str(out / f"{name}.json"), sections={"settings": meta, **sections})
+    title = (f"{meta['workload']} - {meta['device']}, {meta['threads']} threads, {meta['date']}")
+    md = [f"# bench_model: {title}", "", markdown_table(rows), "", "## What each op ran", "",
+          dict_table(sections["dispatch"]) if sections["dispatch"] else "(no ops recorded)"]
+    if sections["profile"]:
+        md += ["", "## Top ops by self time (profile)", "", dict_table(sections["profile"])]
+    (out / f"{name}.md").write_text("\n".join(md) + "\n")
+    plot(rows, out / f"{name}.png", title)
+    progress(f"wrote {out}/{name}.json, .md, .png")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
+    progress(f"building {args.preset} and its HF twin on {device_name()}, {torch.get_num_threads()} threads")
     work = Workload(args, cuda)
-    engines = [("eager", "eager", work.model)]
-    if cuda:
-        engines.append(("fast", "triton", work.model))
-    if cuda and args.compile:
-        engines.append(("fast+compile", "triton", torch.compile(work.model)))
+    names = args.engines or [n for n in ENGINE_NAMES if not (args.no_compile and n == "fast+compile")]
     rows, outputs, dispatch, profile = [], {}, {}, []
-    for name, mode, net in engines:
-        forward, step, outputs[name], counts, prof = run_engine(work, name, mode, net, not args.no_profile)
-        dispatch[name] = counts or dispatch["fast"]  # the compiled model makes the fast engine's choices
-        forward.extra["ran"] = dispatch_summary(dispatch[name])
-        rows += [forward, step]
+    for name in names:
+        progress(f"engine {name}")
+        engine = ENGINES[name](work)
+        engine_rows, outputs[name], counts, prof = measure_engine(work, engine, args)
+        dispatch[name] = counts or dispatch.get("fast", {}) if name == "fast+compile" else counts
+        for row in engine_rows:
+            row.extra["ran"] = dispatch_summary(dispatch[name]) if dispatch[name] else engine.ran or "-"
+        rows += engine_rows
         profile += prof
-    if not cuda:
-        rows += [Row(op, "fast", work.shape, None, None, None, extra={"skipped": NO_CUDA})
-                 for op in ("model_forward", "model_train_step")]
-    compare_with_eager(rows, outputs, dispatch)
+        if outputs[name] is None:
+            del outputs[name]
+    add_speedups(rows, outputs, dispatch, cuda)
     matcher = mf.matching.resolve_backend(work.model.criterion.matcher_backend, torch.device(work.device))
-    for row in rows[1::2]:
-        row.extra["matcher"] = matcher
+    for row in rows:
+        if row.op == "train_step" and row.impl != "hf" and row.ms is not None:
+            row.extra["matcher"] = matcher
     records = [{"engine": e, "op": op, **c} for e, per_op in dispatch.items() for op, c in sorted(per_op.items())]
-    report(rows, args.json, sections={"dispatch": records, "profile": profile})
+    meta = {"workload": work.label, "device": device_name(), "threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"), "hf": work.hf_reason or "same weights through from_hf"}
+    write_results(rows, {"dispatch": records, "profile": profile}, meta, args)
 
 
 if __name__ == "__main__":

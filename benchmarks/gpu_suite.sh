@@ -160,7 +160,7 @@ if [ $? -eq 1 ]; then
   note "STOP: $stop_reason"
 fi
 
-bench bench_model 110 benchmarks/bench_model.py
+bench bench_model 110 benchmarks/bench_model.py --engines eager fast hf  # fast+compile, onnxruntime: the optional second call
 wait_ext
 read -ra gpu_tests <<< "${SUITE_GPU_TESTS:--m gpu tests}"
 run_step gpu_tests 85 "GPU correctness tests (gpu-marked: kernels on CUDA vs eager, bf16/fp16, matcher, memory)" \
