@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scipy.optimize import linear_sum_assignment as scipy_lsa  # noqa: E402
 
 from benchmarks.bench_mask_costs import official_costs  # noqa: E402
-from benchmarks.common import measure, report, synchronized  # noqa: E402
+from benchmarks.common import measure, progress, report, synchronized  # noqa: E402
 from maskformer_fast import matching, ops  # noqa: E402
 
 MASK_WEIGHT, CLASS_WEIGHT, DICE_WEIGHT = 20.0, 1.0, 1.0
@@ -136,6 +136,7 @@ def main(argv=None):
         label = f"B={problems} N={args.queries} K={K} fp32"
         part = []
         for impl, fn in assignment_cases(problems, args.queries, K, cuda).items():
+            progress("bench_matching", f"assignment {label}: {impl}")
             part.append(measure("assignment", impl, label, synchronized(fn)))
         for row in part[1:]:
             row.extra["vs scipy loop"] = f"{part[0].ms / row.ms:.1f}x"
@@ -148,7 +149,10 @@ def main(argv=None):
                  "ours": lambda: batched_step(*inputs, args.layers, "auto")}
         if cuda and "cpu" in matching.available_backends():
             cases["ours, cpu solver"] = lambda: batched_step(*inputs, args.layers, "cpu")
-        part = [measure("matcher step", impl, label, synchronized(fn)) for impl, fn in cases.items()]
+        part = []
+        for impl, fn in cases.items():
+            progress("bench_matching", f"matcher step {label}: {impl}")
+            part.append(measure("matcher step", impl, label, synchronized(fn)))
         for row in part[1:]:
             row.extra["vs official"] = f"{part[0].ms / row.ms:.1f}x"
         part[1].extra["solver"] = matching.resolve_backend("auto", torch.device(device))

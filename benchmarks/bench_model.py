@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import maskformer_fast as mf  # noqa: E402
+from benchmarks import common  # noqa: E402
 from benchmarks.common import Row, device_name, peak_memory_mib, report, time_fn  # noqa: E402
 from benchmarks.table import dict_table, markdown_table  # noqa: E402
 
@@ -50,7 +51,7 @@ OUTPUTS = (("pred_logits", "class_queries_logits"), ("pred_masks", "masks_querie
 
 
 def progress(message: str) -> None:
-    print(f"[bench_model {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    common.progress("bench_model", message)
 
 
 def random_targets(batch, size, num_classes, masks_per_image, generator):

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from typing import Callable, List, Optional
@@ -18,6 +19,11 @@ from benchmarks.table import Row, markdown_table  # noqa: F401 (re-exported for 
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def progress(script: str, message: str) -> None:
+    """One timestamped progress line on stderr (the results go to stdout and the JSON)."""
+    print(f"[{script} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def synchronized(fn: Callable[[], object]) -> Callable[[], None]:

@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
@@ -111,6 +112,10 @@ def _worst(rows: List[ParityRow], label: str, most: int = 5) -> List[ParityRow]:
     return named
 
 
+def _progress(message: str) -> None:
+    print(f"[parity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="maskformer_r50_ade20k")
@@ -158,9 +163,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     floor = args.floor if args.floor is not None else (1e-3 if amp_dtype else 1e-6)
 
+    _progress(f"{args.preset} {args.batch}x3x{args.size}x{args.size} on {device}: 1/3 float64 reference run")
     truth = _run(truth_model, images.double(), targets, "eager", nullcontext)
     matching = truth[3]
+    _progress(f"2/3 eager run (amp={args.amp})")
     eager = _run(model, images, targets, "eager", autocast, matching)
+    _progress("3/3 fast run (the kernels" + (", interpreted on the CPU: minutes" if device.type == "cpu" else "") + ")")
     fast = _run(model, images, targets, "triton", autocast, matching)
 
     rows = compare(truth[0], eager[0], fast[0], args.factor, floor)

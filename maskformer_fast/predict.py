@@ -255,7 +255,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip (cfg.tta_scales, tta_flip)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--engine", default="fast", choices=("eager", "fast"),
-                   help="eager: reference ops; fast (default): Triton kernels where they run (CUDA)")
+                   help="eager: the reference model; fast (default): mf.optimize(compile=False), with the "
+                        "Triton kernels where they run (CUDA)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--thing-classes", type=parse_thing_classes, default=None,
@@ -322,6 +323,8 @@ def run(args) -> List[Dict]:
     if weights is not None:
         load_weights(model, args.weights, weights)
     model.to(device)
+    if args.engine == "fast":  # folded norms, final-layer masks, channels_last; --amp stays the Predictor's
+        model = mf.optimize(model, compile=False, amp="none")
     num_params = sum(p.numel() for p in model.parameters())
     thing_classes = args.thing_classes
     if thing_classes is None:

@@ -484,6 +484,18 @@ def output_folder(args, d: Dist):
         yield
 
 
+def run_header(args, cfg, model, root: str, device: torch.device, d: Dist) -> str:
+    """What this run is about to do, printed before the progress bar."""
+    params = sum(p.numel() for p in model.parameters())
+    where = f"{device}" + (f" x{d.world} processes" if d.world > 1 else "")
+    if device.type == "cpu":
+        where += f", {torch.get_num_threads()} threads"
+    job = (f"evaluate {args.weights}" if args.eval_only else
+           f"train {cfg.max_iter} iterations, batch {cfg.batch_size}, crop {'x'.join(map(str, cfg.crop_size))}")
+    return (f"{cfg.name}: {params / 1e6:.1f} M parameters, {cfg.num_classes} classes | {job} | device {where}, "
+            f"engine {args.engine}, amp {args.amp}\n  data: {args.dataset} at {root} | output: {args.output}")
+
+
 def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     os.makedirs(args.output, exist_ok=True)
     if args.deterministic:
@@ -501,9 +513,12 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     model = mf.build_model(cfg).to(device)
+    log(run_header(args, cfg, model, root, device, d))
 
     if args.eval_only:
         load_weights(model, args.weights, weights)
+        if args.engine == "fast":  # the model predict runs (same label maps)
+            model = mf.optimize(model, compile=False, amp="none")
         results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta,
                            save_semantic=True)
         metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
