@@ -17,7 +17,8 @@ Inference is timed at each of ``--batches`` (default 1 and 4 on a CPU, 1 and 16 
 ``--size``; the training step (forward + criterion + backward) at ``--train-batch`` x
 ``--train-size``. Each row gives img/s, the speedup over eager (and over HF), peak memory (CUDA
 allocator; on a CPU the process's resident high-water mark) and how far the final outputs are
-from eager's. On CUDA the fast engines run ``ops.use("triton")`` and a speedup is only written
+from eager's. On a CPU the engines take turns, call by call, for ``--repeats`` rounds (machine
+drift reaches all alike); on CUDA each row is triton's do_bench. On CUDA the fast engines run ``ops.use("triton")`` and a speedup is only written
 where every hot op ran its kernel ("auto" would fall back to the references if the kernels did
 not import, and time eager twice); the rows record which implementation each op ran.
 
@@ -31,6 +32,7 @@ import contextlib
 import copy
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -283,35 +285,65 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_engine(work, engine, args) -> tuple:
-    """(rows, final outputs at the first batch, dispatch counts, profile records) of one engine."""
-    rows, counts, outputs, prof = [], {}, None, []
-    mode = contextlib.nullcontext() if engine.ops_mode is None else mf.ops.use(engine.ops_mode)
+def ops_mode(engine):
+    return contextlib.nullcontext() if engine.ops_mode is None else mf.ops.use(engine.ops_mode)
+
+
+def warm_up(work, engine) -> tuple:
+    """The engine's timed calls {(op, shape, batch): fn}, after one warm-up call of each (its
+    compilation, allocator), with the final outputs at the first batch and what the ops ran."""
+    calls, counts, outputs = {}, {}, None
     compiled = engine.name.endswith("compile")
-    with mode:
-        for b in work.batches if engine.infer is not None else ():
-            def call(images=work.images[b]):
-                with torch.no_grad(), work.autocast():
-                    return engine.infer(images)
-            if compiled and b == work.batches[0]:
-                progress(f"{engine.name}: compiling (warm-up, not timed)")
-            with recording(engine, counts, first=b == work.batches[0]):
-                first = call()
-            outputs = first if outputs is None else outputs
-            rows.append(timed_row("inference", engine, f"{b}x3x{work.size}x{work.size}", b, call, work, args))
-        if engine.train_step is not None:
-            if compiled:
-                progress(f"{engine.name}: compiling the training step (warm-up, not timed)")
-            with recording(engine, counts, first=True):
+    for b in work.batches if engine.infer is not None else ():
+        def infer(images=work.images[b]):
+            with ops_mode(engine), torch.no_grad(), work.autocast():
+                return engine.infer(images)
+        if compiled and b == work.batches[0]:
+            progress(f"{engine.name}: compiling (warm-up, not timed)")
+        with recording(engine, counts, first=b == work.batches[0]):
+            first = infer()
+        outputs = first if outputs is None else outputs
+        calls["inference", f"{b}x3x{work.size}x{work.size}", b] = infer
+    if engine.train_step is not None:
+        def step():
+            with ops_mode(engine):
                 engine.train_step()
-            b, s = work.train_batch, work.train_size
-            rows.append(timed_row("train_step", engine, f"{b}x3x{s}x{s}", b, engine.train_step, work, args))
-        if not args.no_profile and engine.name in ("eager", "fast"):
-            step = engine.train_step if work.cuda else (lambda: call_first(work, engine))
-            prof = top_ops(step, engine.name, work.cuda)
+        if compiled:
+            progress(f"{engine.name}: compiling the training step (warm-up, not timed)")
+        with recording(engine, counts, first=True):
+            step()
+        b, s = work.train_batch, work.train_size
+        calls["train_step", f"{b}x3x{s}x{s}", b] = step
+    return calls, outputs, counts
+
+
+def time_calls(calls: Dict[tuple, Callable], cuda: bool, repeats: int) -> Dict[tuple, tuple]:
+    """(median, min, max) ms per call. On CUDA each through triton's do_bench; on a CPU the calls
+    take turns, `repeats` rounds (A B C A B C ...), so that a machine's drift reaches every
+    engine alike and the ratios of one run hold."""
+    if cuda:
+        return {key: time_fn(fn) for key, fn in calls.items()}
+    times = {key: [] for key in calls}
+    for round_ in range(repeats):
+        progress(f"timing round {round_ + 1}/{repeats}")
+        for key, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1e3)
+    return {key: (statistics.median(t), min(t), max(t)) for key, t in times.items()}
+
+
+def engine_rows(work, engine, calls, timings) -> list:
+    rows = []
+    for (op, shape, batch), fn in calls.items():
+        ms, low, high = timings[engine.name, op, shape, batch]
+        row = Row(op, engine.name, shape, ms, low, high, peak_mib=peak_memory_mib(fn) if work.cuda else None,
+                  extra={"img/s": round(batch * 1e3 / ms, 3)})
+        progress(f"{engine.name:>12} {op:<10} {shape:<14} {ms:9.1f} ms  {batch * 1e3 / ms:8.2f} img/s")
+        rows.append(row)
     for op, why in engine.skipped.items():
         rows.append(Row(op, engine.name, "-", None, None, None, extra={"skipped": why}))
-    return rows, outputs, counts, prof
+    return rows
 
 
 def recording(engine, counts, first):
@@ -320,21 +352,6 @@ def recording(engine, counts, first):
     if first and engine.ops_mode and not engine.name.endswith("compile"):
         return recording_dispatch(counts)
     return contextlib.nullcontext()
-
-
-def call_first(work, engine):
-    with torch.no_grad(), work.autocast():
-        return engine.infer(work.images[work.batches[0]])
-
-
-def timed_row(op, engine, shape, batch, fn, work, args) -> Row:
-    ms, p20, p80 = time_fn(fn, cpu_repeats=args.repeats)
-    row = Row(op, engine.name, shape, ms, p20, p80, peak_mib=peak_memory_mib(fn) if work.cuda else None,
-              extra={"img/s": round(batch * 1e3 / ms, 3)})
-    if not work.cuda:
-        row.extra["rss_high_water_mib"] = round(rss_mib())
-    progress(f"{engine.name:>12} {op:<10} {shape:<14} {ms:9.1f} ms  {batch * 1e3 / ms:8.2f} img/s")
-    return row
 
 
 def relative_difference(outputs, reference):
@@ -449,18 +466,28 @@ def main(argv=None):
     progress(f"building {args.preset} and its HF twin on {device_name()}, {torch.get_num_threads()} threads")
     work = Workload(args, cuda)
     names = args.engines or [n for n in ENGINE_NAMES if not (args.no_compile and n == "fast+compile")]
-    rows, outputs, dispatch, profile = [], {}, {}, []
+    engines, calls, outputs, dispatch, rss = [], {}, {}, {}, {}
     for name in names:
-        progress(f"engine {name}")
+        progress(f"engine {name}: building and warming up")
         engine = ENGINES[name](work)
-        engine_rows, outputs[name], counts, prof = measure_engine(work, engine, args)
+        engine_calls, first_outputs, counts = warm_up(work, engine)
+        engines.append((engine, engine_calls))
+        calls.update({(name, *key): fn for key, fn in engine_calls.items()})
+        if first_outputs is not None:
+            outputs[name] = first_outputs
         dispatch[name] = counts or dispatch.get("fast", {}) if name == "fast+compile" else counts
-        for row in engine_rows:
-            row.extra["ran"] = dispatch_summary(dispatch[name]) if dispatch[name] else engine.ran or "-"
-        rows += engine_rows
-        profile += prof
-        if outputs[name] is None:
-            del outputs[name]
+        rss[name] = round(rss_mib())  # after building and warming this engine up
+    timings = time_calls(calls, cuda, args.repeats)
+    rows, profile = [], []
+    for engine, engine_calls in engines:
+        for row in engine_rows(work, engine, engine_calls, timings):
+            row.extra["ran"] = dispatch_summary(dispatch[engine.name]) if dispatch[engine.name] else engine.ran or "-"
+            if not cuda:
+                row.extra["rss_high_water_mib"] = rss[engine.name]
+            rows.append(row)
+        if not args.no_profile and engine.name in ("eager", "fast") and engine_calls:
+            key = next(k for k in engine_calls if k[0] == ("train_step" if cuda else "inference"))
+            profile += top_ops(engine_calls[key], engine.name, cuda)
     add_speedups(rows, outputs, dispatch, cuda)
     matcher = mf.matching.resolve_backend(work.model.criterion.matcher_backend, torch.device(work.device))
     for row in rows:
