@@ -11,7 +11,9 @@ What changes (none of it adds or renames a parameter or buffer, so checkpoints l
   runs with weight * scale and bias - mean * scale, the norm becomes the identity. Two passes
   over every activation map saved; the folded tensors are cached and rebuilt when a weight changes.
 - eval-mode forwards compute the masks of the final decoder layer only (the official model
-  computes all six and keeps the last), under no_grad, autocast bf16 on CUDA (``amp``).
+  computes all six and keeps the last), with the mask embeddings folded into the mask_features
+  conv (one conv to Q channels instead of a conv and an einsum), under no_grad, autocast bf16
+  on CUDA (``amp``).
 - channels_last memory format (what mkldnn and cuDNN convolutions prefer), by default for
   inference only: on a CPU, mkldnn's channels_last backward is measurably less accurate (worst
   weight gradient 6.7e-3 relative to float64 against 4.5e-4 in NCHW, R50, 2026-12-02), so
@@ -106,6 +108,21 @@ def fold_frozen_batchnorm(module: nn.Module) -> int:
     return len(pairs)
 
 
+def masks_through_folded_conv(conv: nn.Conv2d, fpn: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """einsum("bqc,bchw->bqhw", embeddings, conv(fpn)) as one conv per image with the embeddings
+    folded into its weights: both are linear, so sum_c e[q,c] (W[c] * x + b[c]) = (e[q] W) * x + e[q] b.
+    A 3x3 conv of C_in -> Q channels instead of C_in -> mask_dim plus the einsum (R50 at 512x512:
+    7.5 instead of 20.2 GFLOP, 23 instead of 62 ms on 2 cores; same result up to rounding).
+
+    conv: the mask_features conv [mask_dim, C_in, k, k] (with bias); fpn [B, C_in, h, w];
+    embeddings [B, Q, mask_dim] -> masks [B, Q, h, w]."""
+    weight = torch.einsum("bqc,cikl->bqikl", embeddings, conv.weight.to(embeddings.dtype))
+    bias = embeddings @ conv.bias.to(embeddings.dtype)
+    masks = [conv._conv_forward(fpn[i:i + 1], weight[i].to(fpn.dtype), bias[i].to(fpn.dtype))
+             for i in range(fpn.shape[0])]
+    return torch.cat(masks)
+
+
 @dataclass(frozen=True)
 class FastSettings:
     """What :func:`optimize` turned on (``model.fast``)."""
@@ -139,6 +156,21 @@ class FastMaskFormer(MaskFormer):
         with torch.no_grad(), self._autocast(images.device):
             out = run(images)
         return self._float_outputs(out, images.dtype)
+
+    def forward_checked(self, images: torch.Tensor) -> Dict[str, object]:
+        """Eval without aux outputs: the mask embeddings folded into the mask_features conv
+        (:func:`masks_through_folded_conv`); otherwise MaskFormer's forward."""
+        predictor = self.predictor
+        if self.training or (predictor.deep_supervision and predictor.eval_aux_outputs):
+            return super().forward_checked(images)
+        input_size = tuple(images.shape[-2:])
+        images = self.pad_images(images)
+        features = self.backbone(images)
+        fpn, encoder_features = self.pixel_decoder.fpn(features)
+        queries = predictor.decode(encoder_features if encoder_features is not None else features["res5"])[-1]
+        masks = masks_through_folded_conv(self.pixel_decoder.mask_features, fpn, predictor.mask_embed(queries))
+        return {"pred_logits": predictor.class_embed(queries), "pred_masks": masks, "input_size": input_size,
+                "padded_size": tuple(images.shape[-2:])}
 
     def _check_frozen_weights(self) -> None:
         """The first compiled eval forward freezes the weights into constants; refuse to run that

@@ -78,8 +78,7 @@ class TransformerPredictor(nn.Module):
 
         The official code passes no padding mask (mask=None): padded pixels are attended to.
         """
-        pos = self.pe_layer(x)
-        hs = self.transformer(self.input_proj(x), self.query_embed.weight, pos)  # [L, B, Q, E]
+        hs = self.decode(x)
         with_aux = self.deep_supervision and (self.training or self.eval_aux_outputs)
         if not with_aux:
             hs = hs[-1:]  # masks of the final layer only: 1/L of the einsum and of its output
@@ -89,6 +88,11 @@ class TransformerPredictor(nn.Module):
         if with_aux:
             out["aux_outputs"] = [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])]
         return out
+
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's query states hs [L (or 1 without deep supervision), B, Q, hidden_dim]."""
+        return self.transformer(self.input_proj(x), self.query_embed.weight, self.pe_layer(x))
 
 
 class MaskFormer(nn.Module):

