@@ -168,7 +168,7 @@ def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path)
     for name, (h, w) in (("p", (50, 70)), ("q", (81, 40)), ("r", (50, 70))):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{name}.png")
     forwards = []
-    model_forward = mf.MaskFormer.forward_checked  # what eager and fast (optimize) forwards both run
+    model_forward = mf.MaskFormer.pad_images  # called once by every forward, eager or fast (optimize)
 
     def counting_forward(self, images):
         forwards.append(images.shape[0])
@@ -180,7 +180,7 @@ def test_batches_share_a_forward_per_shape_and_change_no_result(setup, tmp_path)
             forwards.clear()
             out_dir = tmp_path / f"{task}{batch}"
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(mf.MaskFormer, "forward_checked", counting_forward)
+                patch.setattr(mf.MaskFormer, "pad_images", counting_forward)
                 main(["--weights", setup["train_ckpt"], "--task", task, "--thing-classes", "0-1", "--device", "cpu",
                       "--batch-size", str(batch), "--input", str(folder), "--output", str(out_dir)])
             assert sorted(forwards) == ([1, 1, 1] if batch == 1 else [1, 2]), forwards
