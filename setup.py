@@ -54,6 +54,8 @@ setup(
     packages=find_packages(include=["maskformer_fast", "maskformer_fast.*"]) + ["maskformer_fast.kernels"],
     package_dir={"maskformer_fast.kernels": "kernels"},
     python_requires=">=3.10",
+    # pip install maskformer-fast[onnx]: mf.export_onnx and predict --backend onnxruntime
+    extras_require={"onnx": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"]},
     ext_modules=ext_modules(),
     cmdclass=cmdclass(),
 )
