@@ -33,9 +33,12 @@ _API = {
     "read_image": "preprocessing",
     "read_weights": "weights",
     "load_weights": "weights",
+    "export_onnx": "onnx_export",  # needs the [onnx] extra when called, not on import
+    "OnnxModel": "onnx_export",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "convert", "predict", "parity", "predictor", "preprocessing", "weights")
+               "config", "model", "convert", "predict", "parity", "predictor", "preprocessing", "weights",
+               "onnx_export")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 
