@@ -56,6 +56,8 @@ setup(
     # class names and palettes of the datasets (maskformer_fast.visualize reads them with importlib.resources)
     package_data={"maskformer_fast": ["data/*.json"]},
     python_requires=">=3.10",
+    # pip install maskformer-fast[onnx]: mf.export_onnx and predict --backend onnxruntime
+    extras_require={"onnx": ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2"]},
     ext_modules=ext_modules(),
     cmdclass=cmdclass(),
 )

@@ -206,7 +206,8 @@ def build_hf(cfg):
     if cfg.backbone == "resnet50":
         backbone = transformers.ResNetConfig(depths=[3, 4, 6, 3], out_features=["stage1", "stage2", "stage3", "stage4"])
     elif cfg.backbone.startswith("swin"):
-        embed_dim, depths, heads = mf.backbone.SWIN_SPECS[cfg.backbone]
+        from maskformer_fast.backbone import SWIN_SPECS
+        embed_dim, depths, heads = SWIN_SPECS[cfg.backbone]
         backbone = transformers.SwinConfig(embed_dim=embed_dim, depths=list(depths), num_heads=list(heads),
                                            window_size=cfg.window_size, out_features=["stage1", "stage2", "stage3", "stage4"])
     else:
@@ -268,7 +269,7 @@ def onnx_engine(work):
     try:
         path = os.path.join(tempfile.mkdtemp(prefix="bench_model_onnx_"), "model.onnx")
         mf.export_onnx(copy.deepcopy(work.model).cpu().eval(), path)
-        runner = mf.OnnxModel(path, device=work.device)
+        runner = mf.OnnxModel(path, work.cfg.size_divisibility, device=work.device)
     except (ImportError, AttributeError, RuntimeError, ValueError) as e:
         reason = f"onnx export/runtime unavailable: {str(e).splitlines()[0][:120]}"
         return Engine("onnxruntime", None, None, None, skipped={"inference": reason, **why})

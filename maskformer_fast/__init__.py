@@ -39,10 +39,12 @@ _API = {
     "draw_semantic_overlay": "visualize",
     "draw_panoptic_overlay": "visualize",
     "draw_instance_overlay": "visualize",
+    "export_onnx": "onnx_export",  # needs the [onnx] extra when called, not on import
+    "OnnxModel": "onnx_export",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
                "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights",
-               "visualize")
+               "visualize", "onnx_export")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

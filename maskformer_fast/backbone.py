@@ -93,9 +93,11 @@ class OfficialSwinBlock(SwinTransformerBlock):
         """x: [B, H, W, C] after norm1 -> attention output [B, H, W, C]."""
         B, H, W, C = x.shape
         wh, ww = self.window_size
-        pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        Hp, Wp = H + pad_h, W + pad_w
+        # ceil-to-multiple as (H + wh - 1) // wh * wh rather than H + (wh - H % wh) % wh: equal
+        # integers, but torch.export's symbolic shapes simplify this form (the modulo form made a
+        # dynamic-size ONNX export of Swin spend many minutes in sympy)
+        Hp, Wp = (H + wh - 1) // wh * wh, (W + ww - 1) // ww * ww
+        x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
         has_shift = any(self.shift_size)
         if has_shift:
             x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
@@ -148,7 +150,8 @@ class SwinBackbone(nn.Module):
         As the official D2SwinTransformer: the input is zero-padded bottom/right to a multiple
         of the patch size, and each patch merging pads an odd side by one."""
         ph, pw = self.patch_embed.patch_size
-        x = F.pad(x, (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph))
+        H, W = x.shape[-2:]
+        x = F.pad(x, (0, (W + pw - 1) // pw * pw - W, 0, (H + ph - 1) // ph * ph - H))  # ceil form: see _attn
         x = self.patch_embed(x)  # NHWC
         out = {}
         for i, (name, stage) in enumerate(zip(FEATURE_NAMES, self.layers)):

@@ -161,7 +161,9 @@ class MaskFormer(nn.Module):
         H, W = images.shape[-2:]
         if d <= 1:
             return images
-        return F.pad(images, (0, (d - W % d) % d, 0, (d - H % d) % d))
+        # (H + d - 1) // d * d, not H + (d - H % d) % d: the same integer, in the form that
+        # torch.export's symbolic shapes can reason about (a dynamic-size ONNX export, onnx_export.py)
+        return F.pad(images, (0, (W + d - 1) // d * d - W, 0, (H + d - 1) // d * d - H))
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         self.check_images(images)

@@ -36,9 +36,11 @@ Nothing is overwritten by accident: an output that would replace one of the inpu
 guard). Errors are one line on stderr with exit status 2 (``--debug``: the traceback).
 """
 import argparse
+import contextlib
 import json
 import os
 import re
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -257,6 +259,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--engine", default="fast", choices=("eager", "fast"),
                    help="eager: the reference model; fast (default): mf.optimize(compile=False), with the "
                         "Triton kernels where they run (CUDA)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
+                   help="onnxruntime: the model exported to ONNX (mf.export_onnx) run by onnxruntime; "
+                        "needs pip install 'maskformer-fast[onnx]'")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="--backend onnxruntime: use this exported model, or export to it when it does not "
+                        "exist (default: a temporary file)")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--thing-classes", type=parse_thing_classes, default=None,
@@ -288,6 +296,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error(f"--top-k must be >= 1, got {args.top_k}")
     if not 0.0 <= args.overlay_score <= 1.0:
         p.error(f"--overlay-score must be in [0, 1], got {args.overlay_score}")
+    if args.backend == "onnxruntime" and (args.tta or args.amp != "none"):
+        p.error("--backend onnxruntime runs the float32 export without TTA: drop --tta / --amp")
+    if args.onnx is not None and args.backend != "onnxruntime":
+        p.error("--onnx needs --backend onnxruntime")
     for item in args.overrides:
         if "=" not in item:
             p.error(f"config override {item!r} is not KEY=VALUE")
@@ -312,8 +324,34 @@ def build_metadata(args, cfg) -> visualize.DatasetMetadata:
     return visualize.dataset_metadata(cfg.dataset, cfg.num_classes, class_names)
 
 
+def onnx_runner(model, cfg, onnx_path: Optional[str], device: str, stack: contextlib.ExitStack):
+    """The model as an onnxruntime session: ``onnx_path`` when it exists (an earlier export of this
+    model: its weights are the file's), else ``model`` exported to it (or to a temporary file,
+    removed when ``stack`` closes)."""
+    from .cli_errors import CliError
+    from .onnx_export import OnnxModel, export_onnx, require_onnx
+    try:
+        require_onnx("onnxruntime", "onnx", "onnxscript")
+    except ImportError as e:  # bad set-up, not a bug: one line, status 2
+        raise CliError(str(e)) from None
+    if onnx_path is None:
+        onnx_path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "model.onnx")
+    if not os.path.exists(onnx_path):
+        start = time.perf_counter()
+        export_onnx(model, onnx_path)
+        print(f"exported to ONNX in {time.perf_counter() - start:.1f} s: {onnx_path}")
+    elif not os.path.isfile(onnx_path) or not os.access(onnx_path, os.R_OK):
+        raise OSError(f"--onnx {onnx_path} is not a readable file")
+    return OnnxModel(onnx_path, cfg.size_divisibility, device)
+
+
 def run(args) -> List[Dict]:
     """Predict every input (or the generated image); returns one record per image."""
+    with contextlib.ExitStack() as stack:
+        return _run(args, stack)
+
+
+def _run(args, stack: contextlib.ExitStack) -> List[Dict]:
     import maskformer_fast as mf
     weights = read_weights(args.weights) if args.weights else None
     cfg = build_config(args, weights)
@@ -323,7 +361,8 @@ def run(args) -> List[Dict]:
     if weights is not None:
         load_weights(model, args.weights, weights)
     model.to(device)
-    if args.engine == "fast":  # folded norms, final-layer masks, channels_last; --amp stays the Predictor's
+    if args.engine == "fast" and args.backend == "torch":  # folded norms, final-layer masks, channels_last;
+        # --amp stays the Predictor's
         model = mf.optimize(model, compile=False, amp="none")
     num_params = sum(p.numel() for p in model.parameters())
     thing_classes = args.thing_classes
@@ -335,7 +374,10 @@ def run(args) -> List[Dict]:
                              f"num_classes={cfg.num_classes}: pass --thing-classes for this model")
         if args.task == "panoptic" and not thing_classes:
             print(f"note: no --thing-classes for dataset {cfg.dataset}: every class is stuff")
-    predictor = Predictor(model, cfg, args.task, device, args.short_side, args.tta, args.amp, thing_classes,
+    runner = model
+    if args.backend == "onnxruntime":
+        runner = onnx_runner(model, cfg, args.onnx, device, stack)
+    predictor = Predictor(runner, cfg, args.task, device, args.short_side, args.tta, args.amp, thing_classes,
                           args.top_k)
 
     if args.input:
@@ -347,7 +389,7 @@ def run(args) -> List[Dict]:
         check_outputs(args.task, output, files, args.overwrite, not args.no_overlay, (args.weights, args.class_names))
         os.makedirs(output, exist_ok=True)
     print(f"{cfg.name}: {num_params:,} parameters ({num_params / 1e6:.1f} M), {cfg.num_classes} classes, "
-          f"task {args.task}, device {device}, engine {args.engine}, amp {args.amp}"
+          f"task {args.task}, device {device}, engine {args.engine}, amp {args.amp}, backend {args.backend}"
           + (f", weights {args.weights}" if args.weights else ", random weights"))
     overlay = None if args.no_overlay else OverlayOptions(args.overlay_score, args.top_k)
     records, total = [], 0.0
