@@ -471,7 +471,13 @@ def main(argv=None):
     for name in names:
         progress(f"engine {name}: building and warming up")
         engine = ENGINES[name](work)
-        engine_calls, first_outputs, counts = warm_up(work, engine)
+        try:
+            engine_calls, first_outputs, counts = warm_up(work, engine)
+        except Exception as e:  # noqa: BLE001 -- e.g. an inductor codegen failure: a row saying so, not a lost run
+            reason = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
+            progress(f"{name}: {reason}")
+            engine.skipped = {op: reason for op in ("inference", "train_step")}
+            engine_calls, first_outputs, counts = {}, None, {}
         engines.append((engine, engine_calls))
         calls.update({(name, *key): fn for key, fn in engine_calls.items()})
         if first_outputs is not None:
