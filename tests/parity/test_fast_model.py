@@ -142,8 +142,19 @@ def test_fast_model_trains_like_eager(preset):
         torch.testing.assert_close(loss_64[key], loss_r[key], rtol=1e-12, atol=1e-14, msg=key)
 
 
-@pytest.mark.parametrize("preset", [pytest.param(p, marks=() if p == "maskformer_r50_ade20k" else pytest.mark.slow)
-                                    for p in FAMILIES])
+def _compile_marks(preset):
+    if preset == "maskformer_r50_ade20k":
+        return ()
+    marks = [pytest.mark.slow]
+    if preset.startswith("maskformer_swin"):
+        # torch 2.11's inductor C++ codegen fails on Swin on an AVX-512 CPU ("'decltype' evaluates to
+        # 'float'"), with or without freezing: a torch bug, noted in NOTES "Known missing"
+        from torch._inductor.exc import InductorError
+        marks.append(pytest.mark.xfail(raises=InductorError, strict=False, reason="inductor CPU codegen bug"))
+    return marks
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=_compile_marks(p)) for p in FAMILIES])
 def test_compiled_optimized_model_matches_eager_and_refuses_stale_weights(preset):
     """inductor compiles a model for a minute on 2 cores: R50 always, the others with --runslow."""
     eager = tiny_eager(preset)
