@@ -401,7 +401,8 @@ def output_folder(args) -> Path:
     if args.out:
         out = Path(args.out)
         if any((out / f"{name}{ext}").exists() for ext in (".json", ".md", ".png")):
-            raise SystemExit(f"bench_model: {out} already holds {name} results: choose another --out")
+            print(f"bench_model: {out} already holds {name} results: choose another --out", file=sys.stderr)
+            raise SystemExit(2)
         return out
     root = Path(__file__).resolve().parent / "results" / f"{machine_slug()}-{time.strftime('%Y-%m-%d')}"
     out, n = root, 1
@@ -441,11 +442,10 @@ def plot(rows, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_results(rows, sections, meta, args) -> None:
+def write_results(rows, sections, meta, args, out: Optional[Path]) -> None:
     if args.json:
         report(rows, args.json, sections=sections)
         return
-    out = output_folder(args)
     out.mkdir(parents=True, exist_ok=True)
     name = f"bench_model-{args.preset}"
     report(rows, str(out / f"{name}.json"), sections={"settings": meta, **sections})
@@ -461,6 +461,7 @@ def write_results(rows, sections, meta, args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    out = None if args.json else output_folder(args)  # refused before minutes of timing, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
@@ -503,7 +504,7 @@ def main(argv=None):
     records = [{"engine": e, "op": op, **c} for e, per_op in dispatch.items() for op, c in sorted(per_op.items())]
     meta = {"workload": work.label, "device": device_name(), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"), "hf": work.hf_reason or "same weights through from_hf"}
-    write_results(rows, {"dispatch": records, "profile": profile}, meta, args)
+    write_results(rows, {"dispatch": records, "profile": profile}, meta, args, out)
 
 
 if __name__ == "__main__":
