@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,15 +43,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from PIL import Image  # noqa: E402
 
 import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
-from maskformer_fast.evaluation import SemanticEvaluator, pq_compute  # noqa: E402
 from maskformer_fast.cli_errors import run_cli  # noqa: E402
-from maskformer_fast.predictor import Predictor, resolve_device  # noqa: E402
-from maskformer_fast.preprocessing import id_to_rgb, save_label_map  # noqa: E402
-from maskformer_fast.visualize import dataset_metadata, label_palette  # noqa: E402
+from maskformer_fast.predictor import resolve_device  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
 from train.checkpoint import (CheckpointManager, atomic_write_text,  # noqa: E402
                               remove_stale_temporaries, rng_state, set_rng_state)
@@ -62,6 +58,8 @@ from train.preemption import StopRequest, ignore_stop_signals  # noqa: E402
 from train.resume import check_resume, restore  # noqa: E402
 from train.run_dir import OutputLock, check_fresh_output, default_output  # noqa: E402
 from train.solver import build_optimizer, build_scheduler  # noqa: E402
+from train.evaluate import evaluate  # noqa: E402
+from train.metrics_log import MetricsLog  # noqa: E402
 from train.transforms import PanopticTrainMapper, SemanticTrainMapper, collate  # noqa: E402
 
 DEFAULT_OUTPUT = os.path.join("output", "default")
@@ -301,145 +299,6 @@ def build_config(args, weights: Optional[Weights] = None) -> "mf.MaskFormerConfi
     return cfg
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, d: Dist, amp: str,
-             output_dir: str, tta: bool = False, save_semantic: bool = False) -> Dict[str, float]:
-    """Semantic (mIoU, fwIoU, mACC, pACC) or panoptic (PQ/SQ/RQ, things/stuff) metrics, in percent.
-    Panoptic predictions are written under ``output_dir`` (PNGs + json, for pq_compute); with
-    save_semantic, semantic label maps too (``output_dir/semantic_predictions/NAME.png``, as
-    predict writes them: class ids in a palette PNG of the dataset's colours).
-
-    Images become results through the same :class:`~maskformer_fast.predictor.Predictor` that
-    predict uses (one read, resize, normalisation and post-processing path). Each rank
-    evaluates every world-th image; semantic confusion matrices are summed, panoptic
-    predictions are gathered and scored by rank 0 with :func:`pq_compute`.
-    """
-    was_training = model.training
-    model.eval()
-    info = dataset.info
-    predictor = Predictor(model, cfg, info.task, device, tta=tta and info.task == "semantic", amp=amp,
-                          thing_classes=[c for c in info.thing_classes if c < cfg.num_classes])
-    indices = range(d.rank, len(dataset), d.world)
-    try:
-        if info.task == "semantic":
-            evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
-            pred_dir = os.path.join(output_dir, "semantic_predictions")
-            palette = label_palette(dataset_metadata(info.name, cfg.num_classes))  # predict's palette PNGs
-            if save_semantic:
-                os.makedirs(pred_dir, exist_ok=True)
-            for i in indices:
-                sample = dataset.load(i)
-                labels = predictor(sample["image"])
-                evaluator.update(labels, sample["sem_seg"])
-                if save_semantic:
-                    name = os.path.splitext(os.path.basename(sample["file_name"]))[0] + ".png"
-                    save_label_map(labels.numpy(), cfg.num_classes, os.path.join(pred_dir, name), palette)
-            if d.world > 1:
-                confusion = torch.from_numpy(evaluator.confusion).to(device)
-                dist.all_reduce(confusion)
-                evaluator.confusion = confusion.cpu().numpy()
-            m = evaluator.compute()
-            return {k: m[k] for k in ("mIoU", "fwIoU", "mACC", "pACC")}
-        return _evaluate_panoptic(predictor, dataset, d, output_dir, indices)
-    finally:
-        model.train(was_training)
-
-
-def _evaluate_panoptic(predictor: Predictor, dataset, d, output_dir, indices) -> Dict[str, float]:
-    info = dataset.info
-    pred_dir = os.path.join(output_dir, "panoptic_predictions")
-    os.makedirs(pred_dir, exist_ok=True)
-    annotations = []
-    for i in indices:
-        sample = dataset.load(i)
-        seg, segments = predictor(sample["image"])
-        seg = seg.numpy().astype(np.int64)
-        kept = []
-        for s in segments:
-            if s["category_id"] < len(info.categories):
-                kept.append({"id": s["id"], "category_id": info.categories[s["category_id"]]["id"],
-                             "isthing": int(s["isthing"]), "area": int(s["area"])})
-            else:  # a class the dataset does not have (model wider than the dataset): void
-                seg[seg == s["id"]] = 0
-        file_name = os.path.splitext(os.path.basename(sample["file_name"]))[0] + ".png"
-        Image.fromarray(id_to_rgb(seg)).save(os.path.join(pred_dir, file_name))
-        annotations.append({"image_id": sample["image_id"], "file_name": file_name, "segments_info": kept})
-    if d.world > 1:
-        gathered: List[Optional[list]] = [None] * d.world
-        dist.all_gather_object(gathered, annotations)
-        annotations = [a for part in gathered for a in part]
-    if not d.main:
-        return {}
-    with open(info.panoptic_json) as f:
-        categories = json.load(f)["categories"]
-    pred_json = os.path.join(output_dir, "panoptic_predictions.json")
-    with open(pred_json, "w") as f:
-        json.dump({"annotations": annotations, "categories": categories}, f)
-    r = pq_compute(info.panoptic_json, pred_json, gt_folder=info.panoptic_root, pred_folder=pred_dir)
-    metrics = {}
-    for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for key in ("pq", "sq", "rq"):
-            metrics[key.upper() + suffix] = 100 * r[name][key]
-    return metrics
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class MetricsLog:
-    """OUTPUT/metrics.jsonl (one JSON object per line) and TensorBoard scalars, rank 0 only."""
-
-    def __init__(self, output: str, enabled: bool):
-        self.enabled = enabled
-        self.path = os.path.join(output, "metrics.jsonl")
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(output, "tensorboard"))
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""
-        if not self.enabled or not os.path.exists(self.path):
-            return
-        kept = []
-        with open(self.path, errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                record = self._parse(line, number)
-                if record is not None and record.get("iter", 0) <= iteration:
-                    kept.append(json.dumps(record) + "\n")
-        atomic_write_text("".join(kept), self.path)
-
-    def _parse(self, line: str, number: int) -> Optional[Dict]:
-        """One record, or None (with a warning) for a torn or corrupt line, e.g. cut by a full disk."""
-        if not line.strip():
-            return None
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            print(f"warning: {self.path} line {number} is not a complete JSON record (an interrupted write?): "
-                  f"dropped {line.strip()[:80]!r}", file=sys.stderr)
-            return None
-        return record
-
-    def write(self, record: Dict, prefix: str) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "iter" and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{prefix}/{key}", value, record["iter"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -455,11 +314,65 @@ def engine_context(engine: str):
     return ops.use("eager") if engine == "eager" else contextlib.nullcontext()
 
 
+@dataclasses.dataclass
+class Job:
+    """What every kind of run shares: the arguments, where it runs, its config, data and model."""
+    args: argparse.Namespace
+    d: Dist
+    device: torch.device
+    cfg: "mf.MaskFormerConfig"
+    root: str
+    eval_set: SegmentationDataset
+    log: Callable[..., None]
+    metrics: Optional[MetricsLog] = None
+    model: Optional[torch.nn.Module] = None
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything one training step changes. ``forward`` is the module the step calls: the model,
+    or its DDP / compiled wrapper (the state dict always comes from ``model``)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    iteration: int = 0
+    forward: Optional[Callable] = None
+    autocast: Callable = contextlib.nullcontext
+    clip_grad_norm: float = 0.0
+
+
+def train_step(state: TrainState, batch: Tuple[torch.Tensor, List[Dict]]) -> Dict[str, torch.Tensor]:
+    """One optimizer step on (images, targets) already on the model's device; the losses it took.
+    A non-finite loss raises FloatingPointError before any weight changes."""
+    images, targets = batch
+    with state.autocast():
+        out = (state.forward or state.model)(images)
+        losses = state.model.criterion(out, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at iteration {state.iteration + 1}: "
+                                 + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.unscale_(state.optimizer)
+    if state.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), state.clip_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.iteration += 1
+    return losses
+
+
 def run(args) -> Dict[str, float]:
     d, device = init_distributed(args.device)
     try:
         with engine_context(args.engine), output_folder(args, d):
-            return _run(args, d, device)
+            job, weights = prepare(args, d, device)
+            if args.check_data:
+                return check_data(job)
+            return evaluate_only(job, weights) if args.eval_only else train(job)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
@@ -496,7 +409,8 @@ def run_header(args, cfg, model, root: str, device: torch.device, d: Dist) -> st
             f"engine {args.engine}, amp {args.amp}\n  data: {args.dataset} at {root} | output: {args.output}")
 
 
-def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
+def prepare(args, d: Dist, device: torch.device) -> Tuple[Job, Optional[Weights]]:
+    """Config, data and (unless --check-data) the seeded model; the --eval-only weights as read."""
     os.makedirs(args.output, exist_ok=True)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -504,166 +418,206 @@ def _run(args, d: Dist, device: torch.device) -> Dict[str, float]:
     weights = read_weights(args.weights) if args.eval_only else None
     cfg = build_config(args, weights)
     root = args.data_root if args.data_root is not None else synthetic_root(args)
-    eval_set = build_dataset(args.dataset, root, args.eval_split)
-    if args.check_data:
-        return check_data(args, cfg, root, eval_set)
-    amp_ctx = amp_context(args.amp, device)
-    log = print if d.main else (lambda *a, **k: None)
-    metrics = MetricsLog(args.output, d.main)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    model = mf.build_model(cfg).to(device)
-    log(run_header(args, cfg, model, root, device, d))
+    job = Job(args, d, device, cfg, root, build_dataset(args.dataset, root, args.eval_split),
+              log=print if d.main else (lambda *a, **k: None))
+    if not args.check_data:
+        job.metrics = MetricsLog(args.output, d.main)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        job.model = mf.build_model(cfg).to(device)
+        job.log(run_header(args, cfg, job.model, root, device, d))
+    return job, weights
 
-    if args.eval_only:
-        load_weights(model, args.weights, weights)
-        if args.engine == "fast":  # the model predict runs (same label maps)
-            model = mf.optimize(model, compile=False, amp="none")
-        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta,
-                           save_semantic=True)
-        metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
-        log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
-        metrics.close()
-        return results
 
-    train_set = build_dataset(args.dataset, root, "train")
-    scan = [(s, ds) for s, ds in ((args.eval_split, eval_set), ("train", train_set)) if len(ds) <= QUICK_SCAN_MAX]
+def evaluate_only(job: Job, weights: Weights) -> Dict[str, float]:
+    """--eval-only: the --weights checkpoint on the eval split; label maps saved as predict writes them."""
+    args, model = job.args, job.model
+    load_weights(model, args.weights, weights)
+    if args.engine == "fast":  # the model predict runs (same label maps)
+        model = mf.optimize(model, compile=False, amp="none")
+    results = evaluate(model, job.eval_set, job.cfg, job.device, job.d, args.amp, os.path.join(args.output, "eval"),
+                       args.tta, save_semantic=True)
+    job.metrics.write({"iter": 0, **results, "weights": args.weights}, "eval")
+    job.log("evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+    job.metrics.close()
+    return results
+
+
+def train(job: Job) -> Dict[str, float]:
+    """Train from iteration 0 or the --resume checkpoint to max_iter; the last evaluation's metrics."""
+    args, cfg, d = job.args, job.cfg, job.d
+    train_set = build_dataset(args.dataset, job.root, "train")
+    scan = [(s, ds) for s, ds in ((args.eval_split, job.eval_set), ("train", train_set)) if len(ds) <= QUICK_SCAN_MAX]
     if d.main and scan:
         require_clean(scan, cfg.num_classes)  # small datasets: find bad files before the first iteration
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    state = new_train_state(job)
     checkpoints = CheckpointManager(args.output, args.keep_checkpoints)
-    start_iter, position = 0, {"epoch": 0, "index": 0}
-    if args.resume:
-        latest, state = check_resume(args.output, checkpoints, cfg, log)
-        if state["iter"] >= cfg.max_iter:
-            log(f"{args.output}: the run is finished (iteration {state['iter']} of max_iter {cfg.max_iter}); "
-                "nothing to do (raise --max-iter to train longer)")
-            metrics.close()
-            return {}
-        restore(latest, state, model, optimizer, scheduler, scaler)
-        checkpoints.adopt(state, latest)
-        start_iter, position = state["iter"], state["data_position"]
-        set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
-        log(f"resumed from {latest} at iteration {start_iter}")
+    position = resume_into(job, state, checkpoints) if args.resume else {"epoch": 0, "index": 0}
+    if position is None:  # finished already
+        job.metrics.close()
+        return {}
     if d.main:  # after the resume checks: a refused resume leaves the run's config.json alone
         atomic_write_text(json.dumps(dataclasses.asdict(cfg), indent=1), os.path.join(args.output, "config.json"))
-    metrics.truncate_after(start_iter)  # a fresh run starts a fresh log; a resumed one drops records past it
-
-    train_model = model
-    if d.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        train_model = torch.compile(train_model)
-    num_workers = args.num_workers if args.num_workers is not None else (4 if device.type == "cuda" else 0)
+    job.metrics.truncate_after(state.iteration)  # a fresh run starts a fresh log; a resumed one drops later records
+    state.forward = training_forward(job)
+    num_workers = args.num_workers if args.num_workers is not None else (4 if job.device.type == "cuda" else 0)
     data = build_train_loader(train_set, cfg, args.seed, d, cfg.batch_size // d.world, num_workers, position)
-
-    def checkpoint(iteration: int, data_position: Dict) -> None:
-        states = [rng_state()]
-        if d.world > 1:
-            gathered: List[Optional[Dict]] = [None] * d.world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
-        if d.main:
-            checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                              "iter": iteration, "data_position": data_position, "rng": states,
-                              "config": dataclasses.asdict(cfg), "engine": args.engine}, iteration)
-
-    def run_eval(iteration: int) -> Dict[str, float]:
-        saved = rng_state()  # evaluation must not shift the training random stream
-        results = evaluate(model, eval_set, cfg, device, d, args.amp, os.path.join(args.output, "eval"), args.tta)
-        set_rng_state(saved)
-        if d.main:
-            metrics.write({"iter": iteration, **results}, "eval")
-            log(f"iter {iteration}: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
-        return results
-
-    progress = None
-    if d.main and not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=cfg.max_iter, initial=start_iter, desc="train", unit="it", dynamic_ncols=True)
-        log = progress.write
-    model.train()
-    results: Dict[str, float] = {}
-    stopped_by = None
-    with StopRequest() as stop:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the end of the iteration, exit
-        for iteration in range(start_iter, cfg.max_iter):
-            t0 = time.perf_counter()
-            images, targets, (epoch, pos) = next(data)
-            images = images.to(device, non_blocking=True)
-            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-            with amp_ctx():
-                out = train_model(images)
-                losses = model.criterion(out, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at iteration {iteration + 1}: "
-                                         + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
-            lr = optimizer.param_groups[-1]["lr"]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if cfg.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-
-            done = iteration + 1
-            names = sorted(losses)
-            # the stop flag rides on the loss all-reduce: every rank stops after the same iteration
-            flags = torch.tensor([float(stop.requested)], device=device)
-            reduced = all_reduce_mean(torch.cat([torch.stack([losses[k].detach().float() for k in names]), flags]),
-                                      d).tolist()
-            stopping = reduced.pop() > 0
-            record = {"iter": done, "loss": float(sum(reduced)), "lr": lr, **dict(zip(names, reduced)),
-                      "time": time.perf_counter() - t0}
-            metrics.write(record, "train")
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
-            if done % args.checkpoint_period == 0 or done == cfg.max_iter:
-                checkpoint(done, {"epoch": epoch, "index": pos + 1})
-            if (args.eval_period > 0 and done % args.eval_period == 0) or done == cfg.max_iter:
-                results = run_eval(done)
-            if stopping and done < cfg.max_iter:
-                if done % args.checkpoint_period:
-                    checkpoint(done, {"epoch": epoch, "index": pos + 1})
-                stopped_by = stop.name or "a signal on another rank"
-                metrics.write({"iter": done, "stopped_by": stopped_by}, "stop")
-                log(f"stopped by {stopped_by} after iteration {done}: checkpoint saved, continue with --resume")
-                break
-    if progress is not None:
-        progress.close()
-    if d.world > 1:  # DDP keeps replicas identical; verify it once at the end
-        digests: List[Optional[str]] = [None] * d.world
-        dist.all_gather_object(digests, weights_digest(model))
-        metrics.write({"iter": cfg.max_iter, "ranks_in_sync": len(set(digests)) == 1, "weights_sha256": digests},
-                      "sync")
-        if len(set(digests)) != 1:
-            log(f"warning: the {d.world} ranks ended with different weights")
+    results, stop = train_loop(job, state, data, checkpoints)
+    if d.world > 1:
+        check_ranks_in_sync(job)
     if d.main and results:
         print("final " + ", ".join(f"{k} {v:.2f}" for k, v in results.items())
               + f" after {cfg.max_iter} iterations; output in {args.output}")
-    metrics.close()
-    if stopped_by is not None:  # not finished: 128 + signal number, as if the signal had ended it
+    job.metrics.close()
+    if stop is not None:  # not finished: 128 + signal number, as if the signal had ended it
         raise SystemExit(128 + (stop.signum or signal.SIGTERM))
     return results
 
 
-def check_data(args, cfg, root: str, eval_set: SegmentationDataset) -> Dict[str, float]:
+def new_train_state(job: Job) -> TrainState:
+    optimizer = build_optimizer(job.model, job.cfg)
+    return TrainState(job.model, optimizer, build_scheduler(optimizer, job.cfg),
+                      torch.amp.GradScaler(job.device.type, enabled=job.args.amp == "fp16"),
+                      autocast=amp_context(job.args.amp, job.device), clip_grad_norm=job.cfg.clip_grad_norm)
+
+
+def resume_into(job: Job, state: TrainState, checkpoints: CheckpointManager) -> Optional[Dict]:
+    """--resume: restore the newest checkpoint into ``state`` and the RNGs; its data position, or
+    None when the run already reached max_iter."""
+    latest, saved = check_resume(job.args.output, checkpoints, job.cfg, job.log)
+    if saved["iter"] >= job.cfg.max_iter:
+        job.log(f"{job.args.output}: the run is finished (iteration {saved['iter']} of max_iter {job.cfg.max_iter}); "
+                "nothing to do (raise --max-iter to train longer)")
+        return None
+    restore(latest, saved, state.model, state.optimizer, state.scheduler, state.scaler)
+    checkpoints.adopt(saved, latest)
+    state.iteration = saved["iter"]
+    rank = job.d.rank
+    set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+    job.log(f"resumed from {latest} at iteration {state.iteration}")
+    return saved["data_position"]
+
+
+def training_forward(job: Job) -> torch.nn.Module:
+    """The module a training step calls: the model, wrapped in DDP over several processes, compiled
+    with --compile."""
+    forward = job.model
+    if job.d.world > 1:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[job.device.index] if job.device.type == "cuda" else None)
+    return torch.compile(forward) if job.args.compile else forward
+
+
+def save_checkpoint(job: Job, state: TrainState, checkpoints: CheckpointManager, data_position: Dict) -> None:
+    """Every rank's RNG state is gathered (a resume restores each); rank 0 writes the file."""
+    states = [rng_state()]
+    if job.d.world > 1:
+        gathered: List[Optional[Dict]] = [None] * job.d.world
+        dist.all_gather_object(gathered, states[0])
+        states = gathered
+    if job.d.main:
+        checkpoints.save({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                          "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
+                          "iter": state.iteration, "data_position": data_position, "rng": states,
+                          "config": dataclasses.asdict(job.cfg), "engine": job.args.engine}, state.iteration)
+
+
+def evaluate_during_training(job: Job, iteration: int) -> Dict[str, float]:
+    saved = rng_state()  # evaluation must not shift the training random stream
+    results = evaluate(job.model, job.eval_set, job.cfg, job.device, job.d, job.args.amp,
+                       os.path.join(job.args.output, "eval"), job.args.tta)
+    set_rng_state(saved)
+    if job.d.main:
+        job.metrics.write({"iter": iteration, **results}, "eval")
+        job.log(f"iter {iteration}: " + ", ".join(f"{k} {v:.2f}" for k, v in results.items()))
+    return results
+
+
+def reduce_step_record(job: Job, losses: Dict[str, torch.Tensor], stop_requested: bool) -> Tuple[Dict, bool]:
+    """The step's losses averaged over ranks, and whether any rank asked to stop: the stop flag
+    rides on the loss all-reduce, so every rank stops after the same iteration."""
+    names = sorted(losses)
+    flags = torch.tensor([float(stop_requested)], device=job.device)
+    reduced = all_reduce_mean(torch.cat([torch.stack([losses[k].detach().float() for k in names]), flags]),
+                              job.d).tolist()
+    stopping = reduced.pop() > 0
+    return {"loss": float(sum(reduced)), **dict(zip(names, reduced))}, stopping
+
+
+@dataclasses.dataclass
+class Schedule:
+    """When to checkpoint and evaluate: every period, and always at max_iter."""
+    max_iter: int
+    checkpoint_period: int
+    eval_period: int
+
+    def checkpoint_at(self, done: int) -> bool:
+        return done % self.checkpoint_period == 0 or done == self.max_iter
+
+    def evaluate_at(self, done: int) -> bool:
+        return (self.eval_period > 0 and done % self.eval_period == 0) or done == self.max_iter
+
+
+def train_loop(job: Job, state: TrainState, data: Iterator, checkpoints: CheckpointManager):
+    """Steps until max_iter or a stop signal: (last evaluation's metrics, the StopRequest if it stopped us)."""
+    args, cfg = job.args, job.cfg
+    schedule = Schedule(cfg.max_iter, args.checkpoint_period, args.eval_period)
+    progress = None
+    if job.d.main and not args.no_progress:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.max_iter, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True)
+        job.log = progress.write
+    state.model.train()
+    results: Dict[str, float] = {}
+    with StopRequest() as stop:  # SIGTERM / SIGINT / SIGUSR1: checkpoint at the end of the iteration, exit
+        while state.iteration < cfg.max_iter:
+            t0 = time.perf_counter()
+            images, targets, (epoch, pos) = next(data)
+            batch = (images.to(job.device, non_blocking=True),
+                     [{k: v.to(job.device, non_blocking=True) for k, v in t.items()} for t in targets])
+            lr = state.optimizer.param_groups[-1]["lr"]
+            losses = train_step(state, batch)
+            done, data_position = state.iteration, {"epoch": epoch, "index": pos + 1}
+            record, stopping = reduce_step_record(job, losses, stop.requested)
+            job.metrics.write({"iter": done, **record, "lr": lr, "time": time.perf_counter() - t0}, "train")
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+            if schedule.checkpoint_at(done) or (stopping and done < cfg.max_iter):
+                save_checkpoint(job, state, checkpoints, data_position)
+            if schedule.evaluate_at(done):
+                results = evaluate_during_training(job, done)
+            if stopping and done < cfg.max_iter:
+                stopped_by = stop.name or "a signal on another rank"
+                job.metrics.write({"iter": done, "stopped_by": stopped_by}, "stop")
+                job.log(f"stopped by {stopped_by} after iteration {done}: checkpoint saved, continue with --resume")
+                break
+    if progress is not None:
+        progress.close()
+    return results, (stop if state.iteration < cfg.max_iter else None)
+
+
+def check_ranks_in_sync(job: Job) -> None:
+    """DDP keeps replicas identical; verified once at the end (a digest per rank, in metrics.jsonl)."""
+    digests: List[Optional[str]] = [None] * job.d.world
+    dist.all_gather_object(digests, weights_digest(job.model))
+    job.metrics.write({"iter": job.cfg.max_iter, "ranks_in_sync": len(set(digests)) == 1,
+                       "weights_sha256": digests}, "sync")
+    if len(set(digests)) != 1:
+        job.log(f"warning: the {job.d.world} ranks ended with different weights")
+
+
+def check_data(job: Job) -> Dict[str, float]:
     """--check-data: every file of both splits opened once; ValueError (exit 2) listing the bad ones."""
-    splits = [(args.eval_split, eval_set)]
+    args = job.args
+    splits = [(args.eval_split, job.eval_set)]
     if args.eval_split != "train":
-        splits.append(("train", build_dataset(args.dataset, root, "train")))
-    require_clean(splits, cfg.num_classes)
+        splits.append(("train", build_dataset(args.dataset, job.root, "train")))
+    require_clean(splits, job.cfg.num_classes)
     total = sum(len(ds) for _, ds in splits)
-    print(f"{args.dataset} at {root}: all {total} image/annotation pairs of {', '.join(n for n, _ in splits)} load")
+    print(f"{args.dataset} at {job.root}: all {total} image/annotation pairs of {', '.join(n for n, _ in splits)} load")
     return {"checked": float(total)}
 
 
