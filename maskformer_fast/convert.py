@@ -39,6 +39,7 @@ official heads              ``sem_seg_head.pixel_decoder.*`` -> pixel_decoder.* 
 ==========================  ==========================================================
 """
 import contextlib
+import io
 import os
 import pickle
 import re
@@ -51,7 +52,7 @@ from torch import nn
 
 from .config import MaskFormerConfig, get_config
 
-__all__ = ["from_hf", "config_from_hf", "hf_to_state_dict", "load_official_checkpoint", "read_checkpoint",
+__all__ = ["from_hf", "config_from_hf", "hf_to_state_dict", "hf_state_to_ours", "load_official_checkpoint", "read_checkpoint",
            "official_to_state_dict"]
 
 Tensor = torch.Tensor
@@ -340,8 +341,12 @@ def config_from_hf(hf_config, **overrides) -> MaskFormerConfig:
 
 def hf_to_state_dict(hf_model) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
     """HF MaskFormerForInstanceSegmentation tensors under our names -> (tensors, {skipped: reason})."""
-    hf_config = hf_model.config
-    backbone = _hf_backbone_name(hf_config.backbone_config)
+    return hf_state_to_ours(hf_model.state_dict(), _hf_backbone_name(hf_model.config.backbone_config))
+
+
+def hf_state_to_ours(state: Dict[str, Tensor], backbone: str) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """An HF MaskFormer state dict (``model.pixel_level_module.*`` names) for our backbone name
+    (``cfg.backbone``) under our names -> (tensors, {skipped: reason})."""
     p = r"model\.pixel_level_module\.encoder\."
     rules = (_hf_resnet_rules(p) if backbone.startswith("resnet") else _hf_swin_rules(p)) + _hf_head_rules()
     skips: List[Skip] = [
@@ -350,7 +355,7 @@ def hf_to_state_dict(hf_model) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
         (p + r"model\.layernorm\.(weight|bias)", "MaskFormerSwinModel's final norm; the backbone features use "
                                                  "hidden_states_norms instead, so it never affects the outputs"),
     ]
-    return _rename(hf_model.state_dict(), rules, skips, "HF MaskFormer")
+    return _rename(state, rules, skips, "HF MaskFormer")
 
 
 def from_hf(hf_model, **overrides):
@@ -418,19 +423,31 @@ def _official_head_rules() -> List[Rule]:
     ]
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler for Detectron2 ``.pkl`` checkpoints that only rebuilds numpy arrays and dicts.
+def _storage_from_bytes(data: bytes):
+    """What ``torch.storage._load_from_bytes`` does for a plainly pickled tensor, without its
+    unrestricted ``torch.load``: the bytes are a torch.save of one storage."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
-    A model-zoo file is a pickled {"model": {name: ndarray}, "__author__": ...}; refusing every
-    other global keeps a crafted file from running code.
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for Detectron2 ``.pkl`` checkpoints that only rebuilds arrays, tensors and dicts.
+
+    A model-zoo file is a pickled {"model": {name: ndarray}, "__author__": ...}; the official
+    ``convert-pretrained-swin-model-to-d2.py`` pickles torch tensors instead (plain ``pickle.dump``
+    of ``torch.load(...)["model"]``), whose storages are rebuilt here by ``torch.load(weights_only=True)``.
+    Refusing every other global keeps a crafted file from running code.
     """
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
                 ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")}
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+                ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                ("_codecs", "encode")}  # protocol-2 pickles spell bytes as _codecs.encode(str, "latin1")
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_from_bytes
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"checkpoint pickle refers to {module}.{name}, which a weights file "
                                          f"should not contain")
@@ -451,27 +468,56 @@ def _quiet_unraisable():
         sys.unraisablehook = previous
 
 
-def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
-    """{name: tensor} from an official ``.pkl`` (pickled numpy) or ``.pth`` (torch.save) file.
+# torch.save's legacy (non-zip) format starts with this pickled magic number
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
-    Accepts {"model": state_dict, ...} (Detectron2 checkpoints) or a bare state dict.
+
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _read_object(path: str):
+    """The object a weights file holds, told apart by content (not by name): a torch zip file, a
+    safetensors file, a plain pickle (Detectron2 ``.pkl``), or torch.save's legacy format."""
+    import zipfile
+    if _is_safetensors(path):
+        from safetensors.torch import load_file
+        return load_file(path)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # pickle PROTO opcode
+        if pickled:
+            with open(path, "rb") as f, _quiet_unraisable():
+                obj = _ArrayUnpickler(f, encoding="latin1").load()
+            if not (isinstance(obj, int) and obj == _LEGACY_TORCH_MAGIC):
+                return obj
+    return torch.load(path, map_location="cpu", weights_only=True)  # also names an empty or truncated file
+
+
+def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
+    """{name: tensor} from an official ``.pkl`` (pickled numpy or tensors), a ``.pth`` (torch.save)
+    or a ``.safetensors`` file, whatever its name.
+
+    Accepts {"model": state_dict, ...} (Detectron2 and Swin-release checkpoints), {"state_dict":
+    state_dict, ...} (timm training checkpoints) or a bare state dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
     try:
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f, _quiet_unraisable():
-                obj = _ArrayUnpickler(f, encoding="latin1").load()
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _read_object(path)
     except MemoryError:  # a crafted length field asks for an absurd allocation
         raise ValueError(f"cannot read checkpoint {path!r}: it asks for more memory than exists (corrupt?)") from None
     except Exception as e:  # a fuzzed pickle raises nearly anything: OverflowError, TypeError, KeyError...
         from .cli_errors import torch_load_reason
         raise ValueError(f"cannot read checkpoint {path!r}: {torch_load_reason(e)}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
     if not isinstance(obj, dict) or not obj:
         raise ValueError(f"checkpoint {path!r} holds no state dict (expected {{'model': {{name: array}}}})")
     tensors = {}
