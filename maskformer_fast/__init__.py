@@ -25,6 +25,8 @@ _API = {
     "MaskFormer": "model",
     "from_hf": "convert",
     "load_official_checkpoint": "convert",
+    "load_backbone_weights": "backbone_weights",
+    "init_from_checkpoint": "weights",
     "semantic_inference": "inference",
     "semantic_inference_tta": "inference",
     "panoptic_inference": "inference",
@@ -43,7 +45,7 @@ _API = {
     "OnnxModel": "onnx_export",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights",
+               "config", "model", "fast", "convert", "backbone_weights", "predict", "parity", "predictor", "preprocessing", "weights",
                "visualize", "onnx_export")
 
 __all__ = sorted(_API) + list(_SUBMODULES)

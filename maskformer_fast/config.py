@@ -15,11 +15,24 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["MaskFormerConfig", "get_config", "list_presets", "thing_classes", "BACKBONES", "DATASETS"]
+__all__ = ["MaskFormerConfig", "get_config", "list_presets", "thing_classes", "BACKBONES", "DATASETS",
+           "PRETRAINED_BACKBONES"]
 
 BACKBONES = ("resnet50", "resnet101", "resnet101c", "swin_tiny", "swin_small", "swin_base", "swin_large")
 DATASETS = ("ade20k", "ade20k_full", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes", "mapillary")
 LR_SCHEDULES = ("poly", "multistep")
+# MODEL.WEIGHTS of the official configs, by backbone (each backbone starts from the same file on
+# every dataset): Detectron2 model-zoo URLs, or the names the official configs give the files
+# users convert themselves (README "Train from ImageNet weights" says where each comes from)
+PRETRAINED_BACKBONES = {
+    "resnet50": "detectron2://ImageNetPretrained/torchvision/R-50.pkl",
+    "resnet101": "R-101.pkl",
+    "resnet101c": "detectron2://DeepLab/R-103.pkl",
+    "swin_tiny": "swin_tiny_patch4_window7_224.pkl",
+    "swin_small": "swin_small_patch4_window7_224.pkl",
+    "swin_base": "swin_base_patch4_window12_384_22k.pkl",
+    "swin_large": "swin_large_patch4_window12_384_22k.pkl",
+}
 
 # preset short name -> backbone
 _PRESET_BACKBONES = {
@@ -76,6 +89,9 @@ class MaskFormerConfig:
     drop_path_rate: float = 0.0         # Swin stochastic depth (0.3 in every official Swin config)
     window_size: int = 7                # Swin window (12 for the 384-pretrained Swin-B/L)
     pretrain_img_size: int = 224        # Swin pretraining resolution (384 for Swin-B/L)
+    # the ImageNet weights the official config trains from (a record: train.py --backbone-weights
+    # FILE loads them; PRETRAINED_BACKBONES)
+    pretrained_backbone: str = PRETRAINED_BACKBONES["resnet50"]
 
     # loss (MODEL.MASK_FORMER)
     class_weight: float = 1.0
@@ -253,10 +269,10 @@ def _coerce(key: str, value: Any) -> Any:
 
 def _backbone_settings(backbone: str) -> Dict[str, Any]:
     if not backbone.startswith("swin"):
-        return dict(frozen_bn=True, drop_path_rate=0.0)
+        return dict(frozen_bn=True, drop_path_rate=0.0, pretrained_backbone=PRETRAINED_BACKBONES[backbone])
     large_window = backbone in ("swin_base", "swin_large")  # the IN-21k 384 checkpoints
     return dict(drop_path_rate=0.3, window_size=12 if large_window else 7,
-                pretrain_img_size=384 if large_window else 224)
+                pretrain_img_size=384 if large_window else 224, pretrained_backbone=PRETRAINED_BACKBONES[backbone])
 
 
 def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:

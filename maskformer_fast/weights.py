@@ -1,14 +1,16 @@
 """Reading model weights without running pickled code: train.py checkpoints, bare state
-dicts and the official model-zoo files, for predict, evaluation and fine-tuning alike."""
+dicts, the official model-zoo files and HF save_pretrained folders, for predict, evaluation and
+fine-tuning (:func:`init_from_checkpoint`) alike."""
 import dataclasses
 import os
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["Weights", "read_weights", "load_weights", "config_for_weights", "rng_state_globals"]
+__all__ = ["Weights", "read_weights", "load_weights", "config_for_weights", "rng_state_globals",
+           "hf_folder_file", "InitReport", "init_from_checkpoint"]
 
 
 @dataclasses.dataclass
@@ -22,6 +24,11 @@ class Weights:
         """Detectron2 names (the official MaskFormer head lives under ``sem_seg_head.``)."""
         return any(k.startswith("sem_seg_head.") for k in self.state)
 
+    @property
+    def is_hf(self) -> bool:
+        """HF transformers MaskFormer names."""
+        return any(k.startswith("model.pixel_level_module.") for k in self.state)
+
 
 def rng_state_globals() -> List:
     """The numpy objects a train.py checkpoint's saved RNG state pickles, under numpy 1 and 2 names."""
@@ -32,14 +39,23 @@ def rng_state_globals() -> List:
     return allowed + [(_reconstruct, f"{m}._reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
 
 
+def hf_folder_file(folder: str) -> str:
+    """The weights file of an HF ``save_pretrained`` folder (``model.safetensors`` or ``pytorch_model.bin``)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(f"{folder} is a folder without model.safetensors or pytorch_model.bin "
+                            f"(expected an HF save_pretrained folder)")
+
+
 def read_weights(path: str) -> Weights:
     """The model tensors of a train.py checkpoint (``{"model": ..., "config": ...}``), a bare state
-    dict or an official ``.pkl``/``.pth``. FileNotFoundError / ValueError name the file."""
+    dict, an official ``.pkl``/``.pth`` or an HF folder. FileNotFoundError / ValueError name the file."""
+    if os.path.isdir(path) or path.endswith(".pkl") or path.endswith(".safetensors"):
+        from .convert import read_checkpoint
+        return Weights(read_checkpoint(hf_folder_file(path) if os.path.isdir(path) else path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.endswith(".pkl"):
-        from .convert import read_checkpoint
-        return Weights(read_checkpoint(path))
     try:
         with torch.serialization.safe_globals(rng_state_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,3 +89,56 @@ def config_for_weights(weights: Optional[Weights], preset: Optional[str], defaul
         saved = {k: v for k, v in weights.config.items() if k != "name"}
         return get_config(weights.config["name"], **{**saved, **overrides})
     return get_config(preset or default_preset, **overrides)
+
+
+def model_tensors(weights: Weights, backbone: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """``weights`` under our names for a model with backbone ``backbone`` (official and HF names
+    converted), and what kind of file it was."""
+    if weights.is_official:
+        from .convert import official_to_state_dict
+        return official_to_state_dict(weights.state, backbone)[0], "official MaskFormer (Detectron2 names)"
+    if weights.is_hf:
+        from .convert import hf_state_to_ours
+        return hf_state_to_ours(weights.state, backbone)[0], "HF transformers MaskFormer"
+    return weights.state, "train.py checkpoint" if weights.config is not None else "state dict"
+
+
+@dataclasses.dataclass
+class InitReport:
+    """What init_from_checkpoint did: the tensors it loaded and the class-head tensors it left
+    freshly initialised because the checkpoint has another number of classes."""
+    path: str
+    format: str
+    loaded: List[str]
+    reinitialised: List[str]
+    checkpoint_classes: Optional[int]
+    model_classes: int
+
+    def summary(self) -> str:
+        text = f"init weights {self.path} [{self.format}]: {len(self.loaded)} tensors loaded"
+        if self.reinitialised:
+            text += (f"; class head re-initialised for {self.model_classes} classes (checkpoint: "
+                     f"{self.checkpoint_classes}): {', '.join(self.reinitialised)}")
+        return text
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str) -> InitReport:
+    """Start fine-tuning ``model`` (from build_model) from a whole MaskFormer checkpoint: ours,
+    official ``.pkl``/``.pth``, an HF folder or state dict. With another number of classes the class
+    head (``predictor.class_embed``) and ``criterion.empty_weight`` keep the model's fresh values
+    and everything else is loaded, strictly (other mismatches are a ValueError naming tensors)."""
+    from .convert import CLASS_HEAD, load_state_strict
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise ValueError(f"init_from_checkpoint expects a MaskFormer built by build_model, got {type(model).__name__}")
+    tensors, kind = model_tensors(read_weights(path), cfg.backbone)
+    own = model.state_dict()
+    bias = tensors.get("predictor.class_embed.bias")
+    checkpoint_classes = None if bias is None else len(bias) - 1
+    reinitialised = []
+    if checkpoint_classes is not None and checkpoint_classes != cfg.num_classes:
+        reinitialised = [k for k in CLASS_HEAD if k in own]
+        tensors = {**tensors, **{k: own[k] for k in reinitialised}}
+    load_state_strict(model, tensors, f"--init-weights {path}")
+    loaded = sorted(k for k in tensors if k not in reinitialised)
+    return InitReport(path, kind, loaded, reinitialised, checkpoint_classes, cfg.num_classes)
