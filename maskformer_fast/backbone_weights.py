@@ -205,8 +205,10 @@ def load_backbone_weights(model: nn.Module, path: Union[str, os.PathLike]) -> Ba
         raise ValueError(f"{path} holds a {layout.name} backbone, but the model's backbone is a "
                          f"{type(backbone).__name__}" + (" with the DeepLab stem (R-103.pkl)" if _family(backbone)
                                                          == "resnet_deeplab" else ""))
-    renamed, skipped = _rename({layout.prepare(k): v for k, v in source.items()}, layout.rules(), layout.skips,
+    file_names = {layout.prepare(k): k for k in source}
+    renamed, skipped = _rename({k: source[name] for k, name in file_names.items()}, layout.rules(), layout.skips,
                                f"backbone weights {path}")
+    skipped = {file_names[k]: why for k, why in skipped.items()}
     tensors = {k.removeprefix("backbone."): v for k, v in renamed.items()}
     own = backbone.state_dict()
     resized = _resize_tables(tensors, own, backbone)

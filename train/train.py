@@ -5,7 +5,7 @@
         [--compile] [--amp none|bf16|fp16] [--seed S] [--deterministic] [--device DEV] \
         [--num-workers N] [--checkpoint-period N] [--keep-checkpoints N] [--eval-period N] \
         [--eval-split train|val] [--tta] [--no-progress] [--resume] \
-        [--eval-only --weights FILE] [KEY=VALUE ...]
+        [--backbone-weights FILE | --init-weights FILE] [--eval-only --weights FILE] [KEY=VALUE ...]
     torchrun --nproc_per_node 8 train/train.py ...   # data parallel, same arguments
 
 Without ``--data-root`` it writes a small synthetic dataset of the chosen format under
@@ -15,6 +15,12 @@ FFN 128, 2 decoder layers, 16 queries; 64x64 crops at scales 0.75-1.25, batch 4,
 iterations, lr 5e-4 poly, backbone x1.0; the preset's classes and dropout stay).
 ``python train/train.py`` alone: R50 on 16 + 4 synthetic ADE20K images (64x85), 150 classes,
 dropout 0.1, a few minutes on two cores, then prints the mIoU of the 4 validation images.
+
+A new run starts from ``--backbone-weights FILE`` (ImageNet-pretrained backbone in a released
+format: Detectron2 ``.pkl``, torchvision/timm/Swin ``.pth``/``.safetensors``, HF folder; the rest
+random), ``--init-weights FILE`` (a whole MaskFormer checkpoint to fine-tune; another number of
+classes re-initialises the class head), or random weights; ``--resume`` takes everything from
+its checkpoint instead.
 
 SIGTERM / SIGINT / SIGUSR1 stop training at the end of the current iteration with a
 checkpoint of it; the process then exits with 128 + the signal number (``--resume`` goes on).
@@ -112,6 +118,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--weights", default=None,
                    help="model weights for --eval-only: a train.py checkpoint (its config is used unless --preset "
                         "is given), a bare state dict, or an official .pkl/.pth")
+    p.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="start from these ImageNet-pretrained backbone weights (Detectron2 R-50/R-101/R-103 .pkl, "
+                        "Swin .pkl/.pth, torchvision/timm .pth/.safetensors, HF file or folder; each preset's "
+                        "official file: its config's pretrained_backbone)")
+    p.add_argument("--init-weights", default=None, metavar="FILE",
+                   help="fine-tune from a whole MaskFormer checkpoint (train.py, official .pkl/.pth, HF folder or "
+                        "state dict); with another number of classes the class head is re-initialised")
     p.add_argument("--num-workers", type=int, default=None,
                    help="data loader processes (default: 4 on CUDA, 0 on CPU where they compete with training)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -123,6 +136,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error("--eval-only needs --weights FILE")
     if args.resume and args.overwrite:
         p.error("--resume continues the run in --output, --overwrite replaces it: choose one")
+    if args.backbone_weights and args.init_weights:
+        p.error("--init-weights loads the whole model, backbone included: give it or --backbone-weights, not both")
+    if args.eval_only and (args.backbone_weights or args.init_weights):
+        p.error("--eval-only evaluates --weights FILE; --backbone-weights/--init-weights start a training run")
     for name, low in (("max_iter", 1), ("batch_size", 1), ("crop", 1), ("checkpoint_period", 1),
                       ("keep_checkpoints", 1), ("eval_period", 0), ("num_workers", 0)):
         value = getattr(args, name)
@@ -426,7 +443,31 @@ def prepare(args, d: Dist, device: torch.device) -> Tuple[Job, Optional[Weights]
         np.random.seed(args.seed)
         job.model = mf.build_model(cfg).to(device)
         job.log(run_header(args, cfg, job.model, root, device, d))
+        if not args.eval_only:
+            load_start_weights(job)
     return job, weights
+
+
+def load_start_weights(job: Job) -> None:
+    """--init-weights or --backbone-weights into the new model, and a line saying what training
+    starts from. A --resume run takes every weight from its checkpoint (Detectron2's resume_or_load)."""
+    args, cfg = job.args, job.cfg
+    flag, given = (("--init-weights", args.init_weights) if args.init_weights else
+                   ("--backbone-weights", args.backbone_weights))
+    if args.resume:
+        if given:
+            job.log(f"note: --resume takes the weights from the checkpoint in {args.output}; {flag} {given} is not loaded")
+        return
+    if args.init_weights:
+        job.log("weights: " + mf.init_from_checkpoint(job.model, args.init_weights).summary())
+    elif args.backbone_weights:
+        job.log("weights: " + mf.load_backbone_weights(job.model, args.backbone_weights).summary())
+    else:
+        job.log("weights: random initialisation (no --backbone-weights or --init-weights)")
+        if args.data_root is not None and job.d.main:  # a real run that cannot reach the paper's numbers
+            print(f"train.py: warning: {cfg.name} trains from a random backbone; its official config starts from "
+                  f"{cfg.pretrained_backbone} (pass it with --backbone-weights FILE; README 'Train from ImageNet "
+                  f"weights')", file=sys.stderr)
 
 
 def evaluate_only(job: Job, weights: Weights) -> Dict[str, float]:
