@@ -139,7 +139,11 @@ def _check_hf_config(folder: str) -> None:
         model_type = json.load(f).get("model_type")
     if model_type not in ("resnet", "swin"):
         raise ValueError(f"{config_path}: model_type {model_type!r} is not an HF ResNet or Swin backbone")
-    from transformers import AutoConfig  # only for HF folders, which transformers wrote
+    try:
+        from transformers import AutoConfig  # only for HF folders, which transformers wrote
+    except ImportError:
+        raise ValueError(f"{config_path}: checking an HF folder's config needs transformers "
+                         f"(pip install transformers)") from None
     try:
         _hf_backbone_name(AutoConfig.from_pretrained(folder))
     except ValueError as e:

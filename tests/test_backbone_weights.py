@@ -406,6 +406,35 @@ def test_150_class_checkpoint_fine_tunes_into_19_classes(tmp_path):
         mf.init_from_checkpoint(wide, str(path))
 
 
+@pytest.mark.parametrize("source", ["official .pkl", "HF folder"])
+def test_official_and_hf_checkpoints_fine_tune_into_19_classes(source, tmp_path):
+    """The other whole-model formats go through their converters, then the same head rule."""
+    from maskformer_fast.convert import hf_to_state_dict, official_to_state_dict
+    if source == "official .pkl":
+        from tests.test_convert import d2_resnet_keys, head_keys, random_checkpoint
+        official = random_checkpoint({**d2_resnet_keys(50, False), **head_keys([256, 512, 1024, 2048], 150, 1)})
+        path = save_pkl(tmp_path / "model_final.pkl", {"model": {k: v.numpy() for k, v in official.items()}})
+        expected = official_to_state_dict(official, "resnet50")[0]
+        cfg = mf.get_config("maskformer_r50_cityscapes", num_decoder_layers=1)
+    else:
+        import transformers
+        hf = transformers.MaskFormerForInstanceSegmentation(transformers.MaskFormerConfig(
+            backbone_config=transformers.ResNetConfig(depths=[3, 4, 6, 3], out_features=["stage1", "stage2", "stage3",
+                                                                                         "stage4"]),
+            num_labels=150, decoder_config=dict(model_type="detr", num_queries=20, decoder_layers=1)))
+        hf.save_pretrained(tmp_path / "hf_maskformer")
+        path, expected = str(tmp_path / "hf_maskformer"), hf_to_state_dict(hf)[0]
+        cfg = mf.convert.config_from_hf(hf.config, num_classes=19)
+    model = mf.build_model(cfg)
+    report = mf.init_from_checkpoint(model, path)
+    assert report.checkpoint_classes == 150 and len(report.reinitialised) == 3
+    got = model.state_dict()
+    assert set(report.loaded) == {k for k in expected if not k.startswith(("predictor.class_embed", "criterion."))}
+    for k in report.loaded:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0, msg=k)
+    assert got["predictor.class_embed.bias"].shape == (20,)
+
+
 def train_env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     env.pop("TRITON_INTERPRET", None)
