@@ -76,7 +76,8 @@ def load_weights(model: torch.nn.Module, path: str, weights: Optional[Weights] =
         from .convert import load_official_checkpoint
         return load_official_checkpoint(model, path)
     from .convert import load_state_strict
-    load_state_strict(model, weights.state, f"weights {path}")
+    state = model_tensors(weights, model.cfg.backbone)[0] if weights.is_hf else weights.state
+    load_state_strict(model, state, f"weights {path}")
     return model
 
 

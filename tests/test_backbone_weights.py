@@ -433,6 +433,9 @@ def test_official_and_hf_checkpoints_fine_tune_into_19_classes(source, tmp_path)
     for k in report.loaded:
         torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0, msg=k)
     assert got["predictor.class_embed.bias"].shape == (20,)
+    if source == "HF folder":  # --weights (predict, --eval-only) reads the same folder, all 150 classes
+        same = mf.load_weights(mf.build_model(mf.convert.config_from_hf(hf.config)), path).state_dict()
+        torch.testing.assert_close(same["predictor.class_embed.weight"], expected["predictor.class_embed.weight"])
 
 
 def train_env():
