@@ -11,13 +11,14 @@ tests pass one explicitly. A ``LaunchConfig``'s fields are the launch's keyword 
 Compile registry: every kernel module exposes ``COMPILE_CONFIGS = compile_configs(__name__,
 examples)``, one ``CompileConfig`` per kernel launch its launchers make in ``examples``: (name
 of a CONFIGS entry, a launcher call on meta tensors at a model shape) pairs, together covering
-every entry (``FIXED_LAUNCH`` for a kernel outside the table). The launches are recorded, not run, and each is typed the way the JIT types a real
-launch (``native_specialize_impl``, the function behind ``JITFunction``'s binder): tensors as
-``*<dtype>`` pointers, ints as i32 / i64, floats fp32, an int equal to 1 (a unit stride) as the
-constexpr 1, and the "tt.divisibility" 16 hint (``attrs``) on pointers and ints divisible by
-16 (meta tensors report data_ptr 0 plus the view's offset, as aligned allocations do). Without
-those hints the compile table is not the kernel a launch runs: the mask-loss backward at the
-criterion's shapes needs 247 registers on sm_90, compiled generically 165.
+every entry (``FIXED_LAUNCH`` for a kernel outside the table). The launches are recorded, not
+run, and each is typed the way the JIT types a real launch (``native_specialize_impl``, the
+function behind ``JITFunction``'s binder): tensors as ``*<dtype>`` pointers, ints as i32 / i64,
+floats fp32, an int equal to 1 (a unit stride) as the constexpr 1, and the "tt.divisibility" 16
+hint (``attrs``) on pointers and ints divisible by 16 (meta tensors report data_ptr 0 plus the
+view's offset, as aligned allocations do). Without those hints the compile table is not the
+kernel a launch runs: at the criterion's shapes the mask-loss backward compiles to 186 registers
+on sm_90, to 165 with generic ints and strides, to 247 with unit strides but no hints.
 ``tests/test_kernels_compile.py`` compiles each entry for sm_90 and sm_80 with
 ``triton.compile(ASTSource(fn, signature, constexprs, attrs))`` -- no GPU needed -- and checks
 the signatures against the JIT's own binder.
@@ -34,8 +35,8 @@ import triton.language as tl
 from triton.backends.compiler import BaseBackend
 from triton.runtime.jit import KernelInterface, native_specialize_impl
 
-__all__ = ["FIXED_LAUNCH", "CompileConfig", "LaunchConfig", "compile_configs", "config_name", "next_power_of_2", "block_and_warps",
-           "tl_dtype", "LAUNCH_OPTIONS"]
+__all__ = ["FIXED_LAUNCH", "CompileConfig", "LaunchConfig", "compile_configs", "config_name", "specialize",
+           "next_power_of_2", "block_and_warps", "tl_dtype", "LAUNCH_OPTIONS"]
 
 # Largest block one program keeps in registers; bigger rows are split or looped over.
 MAX_BLOCK = 16384

@@ -452,7 +452,8 @@ def _compile_examples():
             lse = torch.empty(B * H, Lq, dtype=torch.float32, device="meta")
             name = config_name(CONFIGS, pick(q.shape, dtype))
             yield name, partial(_forward, q, k, v, ignore, 0.2, 0.1, seed, config=CONFIGS[name])
-            yield name, partial(_backward, o, q, k, v, o.contiguous(), lse, ignore, 0.2, 0.1, seed, config=CONFIGS[name])
+            yield name, partial(_backward, o, q, k, v, o.contiguous(), lse, ignore, 0.2, 0.1, seed,
+                                config=CONFIGS[name])
     yield FIXED_LAUNCH, partial(dropout_keep_mask, 0, B * H, Lq, Lk, 0.1, device="meta")
 
 

@@ -75,7 +75,8 @@ def compile_module(name: str, archs=ARCHS) -> list:
         shown = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in cfg.constexprs.items()}
         for arch in archs:
             first_pointer = next((t[1:] for t in cfg.signature.values() if t.startswith("*")), "-")
-            row = {"module": name, "config": cfg.config, "kernel": cfg.fn.__name__, "arch": arch, "dtype": first_pointer,
+            row = {"module": name, "config": cfg.config, "kernel": cfg.fn.__name__, "arch": arch,
+                   "dtype": first_pointer,
                    "constexprs": shown, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             try:
                 src = ASTSource(fn=cfg.fn, signature=cfg.signature, constexprs=cfg.constexprs, attrs=cfg.attrs)
@@ -163,7 +164,8 @@ def _table(rows: list) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('config')} | {r.get('dtype')} | {r.get('constexprs')} | | "
+            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('config')} | {r.get('dtype')} | "
+                         f"{r.get('constexprs')} | | "
                          f"{r.get('arch')} | FAILED: {r['error'][:80]} | | |")
             continue
         cx = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
