@@ -2,14 +2,15 @@
 
     python benchmarks/tune_kernels.py [--kernel NAME ...] [--json PATH]
 
-The shipped configuration of every kernel is a set of module constants (block sizes, warps,
-chunking) or, for attention and the matcher, a small function of the shape. Each candidate
-here patches those for one run, is checked against the shipped configuration's results
-(outputs and gradients to a tolerance for the dtype; the matcher: the same optimal total
-cost), then timed on the pass it affects. Per kernel the table lists the candidates fastest
-first, with the time relative to the shipped one. Adopting a winner stays a reviewed edit of
-the kernel file (then rerun tests/test_kernels_compile.py, which checks registers and shared
-memory for sm_90 and sm_80). A candidate that fails to compile or launch is reported, not fatal.
+Every kernel module has a ``CONFIGS`` table, a ``pick(shape, dtype)`` that chooses the shipped
+entry for a shape, and launchers that take ``config=``. Each candidate here is a variant of the
+picked config (``dataclasses.replace`` of the fields being swept), passed to the launcher of the
+pass it affects, checked against the shipped configuration's results (outputs and gradients to
+a tolerance for the dtype; the matcher: the same optimal total cost), then timed on that pass
+alone. Per kernel the table lists the candidates fastest first, with the time relative to the
+shipped one. Adopting a winner stays a reviewed edit of the kernel's CONFIGS (then rerun
+tests/test_kernels_compile.py, which checks registers and shared memory for sm_90 and sm_80).
+A candidate that fails to compile or launch is reported, not fatal.
 
 Shapes are those of R50 ADE20K 512x512 training at batch 16, in bf16 (as with ``--amp bf16``):
 GroupNorm on the stride-4 map, the res5 cross-attention (100 queries x 256 keys, padded), the
@@ -22,11 +23,9 @@ import argparse
 import itertools
 import os
 import sys
-from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List
-from unittest import mock
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -35,7 +34,6 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import Row, measure, report  # noqa: E402
-from maskformer_fast import matching  # noqa: E402
 from maskformer_fast.kernels import attention, group_norm_act, hungarian, mask_costs, mask_losses  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -47,24 +45,24 @@ TOLERANCE = (2e-2, 2e-2) if DTYPE == torch.bfloat16 else (1e-4, 1e-5)
 
 @dataclass
 class Sweep:
-    """Candidates for one kernel: each a {module attribute: value} patch of ``module``.
+    """Candidates for one kernel pass: launch configs of its module's CONFIGS type.
 
-    ``make()`` builds the inputs once and returns ``run``, a function of no arguments that runs
-    the pass being tuned and returns the tensors to check (outputs, gradients)."""
+    ``make()`` builds the inputs once and returns ``run``, a function of a config that runs the
+    pass being tuned with it and returns the tensors to check (outputs, gradients)."""
 
     kernel: str
     shape: str
-    module: object
-    candidates: List[Dict[str, object]]
-    make: Callable[[], Callable[[], List[torch.Tensor]]]
+    shipped: Any
+    candidates: List[Dict[str, Any]]  # {"label": swept values, "config": the launch config}
+    make: Callable[[], Callable[[Any], List[torch.Tensor]]]
     check: Callable[[List[torch.Tensor], List[torch.Tensor]], None]
 
 
-def _grid(**axes) -> List[Dict[str, object]]:
-    """Every combination of the given values, as patches; on CPU the first two only."""
+def _grid(to_config: Callable[..., Any], **axes) -> List[Dict[str, Any]]:
+    """Every combination of the given values as {label, config}; on CPU the first two only."""
     names = list(axes)
     combos = [dict(zip(names, values)) for values in itertools.product(*axes.values())]
-    return combos if CUDA else combos[:2]
+    return [{"label": combo, "config": to_config(**combo)} for combo in (combos if CUDA else combos[:2])]
 
 
 def _close(rtol: float, atol: float):
@@ -79,86 +77,87 @@ def _randn(*shape, dtype=DTYPE, scale=1.0):
     return (scale * torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))).to(DEVICE, dtype)
 
 
-def _fwd_bwd(fn, leaves: List[torch.Tensor]) -> Callable[[], List[torch.Tensor]]:
-    """run(): fn's output(s) and the gradients of a fixed weighting of them wrt leaves."""
-    def run():
-        out = fn(*leaves)
-        outs = list(out) if isinstance(out, tuple) else [out]
-        loss = sum((o.float() * (i + 1)).sum() for i, o in enumerate(outs))
-        return [o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves))
-    return run
-
-
 def _group_norm_sweep() -> Sweep:
     N, C, H, W, G = (16, 256, 128, 128, 32) if CUDA else (2, 16, 12, 12, 4)
 
     def make():
-        x = _randn(N, C, H, W).requires_grad_()
+        x, dy = _randn(N, C, H, W), _randn(N, C, H, W, scale=0.5)
         weight, bias = _randn(C, dtype=torch.float32), _randn(C, dtype=torch.float32)
-        return _fwd_bwd(lambda x: group_norm_act.group_norm_act(x, G, weight, bias), [x])
+
+        def run(config):
+            y, mean, rstd = group_norm_act._forward(x, weight, bias, G, 1e-5, True, config=config)
+            return [y, *group_norm_act._backward(dy, x, weight, bias, mean, rstd, G, True, config=config)]
+        return run
 
     chunks = (1024, 2048, 4096, 8192, 16384) if CUDA else (64, 128)
-    return Sweep("group_norm_act fwd+bwd", f"{N}x{C}x{H}x{W} G={G}", group_norm_act,
-                 _grid(CHUNK=chunks, ONE_PASS_MAX=(8192, 16384) if CUDA else (32,)), make, _close(*TOLERANCE))
+    return Sweep("group_norm_act fwd+bwd", f"{N}x{C}x{H}x{W} G={G}", group_norm_act.pick((N, C, H, W), DTYPE),
+                 _grid(lambda chunk, one_pass_max: group_norm_act.GroupNormConfig(one_pass_max, chunk),
+                       chunk=chunks, one_pass_max=(8192, 16384) if CUDA else (32,)), make, _close(*TOLERANCE))
 
 
 def _attention_sweeps() -> List[Sweep]:
     B, h, Lq, Lk, d = (16, 8, 100, 256, 32) if CUDA else (1, 2, 9, 20, 16)
-    shipped = attention._launch_config
-    sweeps = []
-    for backward in (False, True):
-        def make(backward=backward):
-            q, k, v = (_randn(B, h, n, d).requires_grad_(backward) for n in (Lq, Lk, Lk))
-            ignore = torch.zeros(B, Lk, dtype=torch.bool, device=DEVICE)
-            ignore[:, Lk - Lk // 4:] = True  # padded pixels of a padded batch
-            fn = lambda q, k, v: attention.attention(q, k, v, key_padding_mask=ignore)  # noqa: E731
-            if backward:
-                return _fwd_bwd(fn, [q, k, v])
-            return lambda: [fn(q, k, v)]
+    shipped = attention.pick((B, h, Lq, d), DTYPE)
+    scale = d ** -0.5
 
-        configs = _grid(BLOCK_M=(32, 64, 128), BLOCK_N=(16, 32, 64, 128) if DTYPE == torch.float32 else (32, 64, 128),
-                        num_warps=(4, 8), num_stages=(2, 3))
-        candidates = []
-        for config in configs:
-            def launch_config(head_dim, dtype, is_backward, config=config, backward=backward):
-                return dict(config) if is_backward == backward else shipped(head_dim, dtype, is_backward)
-            candidates.append({"_launch_config": launch_config, "label": config})
-        sweeps.append(Sweep(f"attention {'fwd+bwd (bwd config)' if backward else 'fwd'}",
-                            f"B={B} h={h} {Lq}x{Lk} d={d} padded", attention, candidates, make,
-                            _close(*TOLERANCE)))
-    return sweeps
+    def make(backward):
+        q, k, v = (_randn(B, h, n, d) for n in (Lq, Lk, Lk))
+        ignore = torch.zeros(B, Lk, dtype=torch.uint8, device=DEVICE)
+        ignore[:, Lk - Lk // 4:] = 1  # padded pixels of a padded batch
+        if not backward:
+            return lambda config: list(attention._forward(q, k, v, ignore, scale, 0.0, None, config=config))
+        o, lse = attention._forward(q, k, v, ignore, scale, 0.0, None)
+        do = _randn(B, h, Lq, d, scale=0.5)
+        return lambda config: list(attention._backward(do, q, k, v, o, lse, ignore, scale, 0.0, None, config=config))
+
+    axes = dict(BLOCK_M=(32, 64, 128), BLOCK_N=(16, 32, 64, 128) if DTYPE == torch.float32 else (32, 64, 128),
+                num_warps=(4, 8), num_stages=(2, 3))
+    shape = f"B={B} h={h} {Lq}x{Lk} d={d} padded"
+    return [Sweep("attention fwd", shape, shipped,
+                  _grid(lambda **blocks: replace(shipped, forward=attention.AttentionBlocks(**blocks)), **axes),
+                  lambda: make(False), _close(*TOLERANCE)),
+            Sweep("attention bwd", shape, shipped,
+                  _grid(lambda **blocks: replace(shipped, backward=attention.AttentionBlocks(**blocks)), **axes),
+                  lambda: make(True), _close(*TOLERANCE))]
 
 
 def _mask_costs_sweep() -> Sweep:
     # the criterion's layout: the 6 decoder layers stacked along the queries, [16, 6*100, h, w]
     B, Q, K, size = (16, 600, 50, 128) if CUDA else (2, 8, 3, 8)
+    shipped = mask_costs.pick((B, K, size, size), torch.bool)
 
     def make():
         pred = _randn(B, Q, size, size, scale=3.0)
         target = (_randn(B, K, size, size, dtype=torch.float32) > 0.5)
         num_targets = torch.full((B,), K, device=DEVICE)
-        return lambda: list(mask_costs.mask_costs(pred, target, num_targets))
+        return lambda config: list(mask_costs._mask_costs(pred, target, num_targets, config=config))
 
-    return Sweep("mask_costs", f"B={B} Q={Q} K={K} {size}x{size}", mask_costs,
-                 _grid(_BLOCK_Q=(16, 32, 64), _BLOCK_P=(32, 64, 128), _NUM_WARPS=(4, 8)), make, _close(1e-5, 1e-6))
+    return Sweep("mask_costs", f"B={B} Q={Q} K={K} {size}x{size}", shipped,
+                 _grid(lambda **fields: replace(shipped, **fields), BLOCK_Q=(16, 32, 64), BLOCK_P=(32, 64, 128),
+                       num_warps=(4, 8)), make, _close(1e-5, 1e-6))
 
 
 def _mask_losses_sweeps() -> List[Sweep]:
     M, size, scale = (800, 128, 4) if CUDA else (2, 8, 4)
+    shipped = mask_losses.pick((M, size, size), DTYPE)
 
     def make(backward):
-        pred = _randn(M, size, size, scale=3.0).requires_grad_(backward)
+        pred = _randn(M, size, size, scale=3.0)
         target = _randn(M, size * scale, size * scale, dtype=torch.float32) > 0.5
-        fn = lambda pred: mask_losses.mask_losses(pred, target, float(M))  # noqa: E731
-        return _fwd_bwd(fn, [pred]) if backward else (lambda: list(fn(pred)))
+        if not backward:
+            return lambda config: [mask_losses.mask_losses_forward(pred, target, config=config)]
+        coef = _randn(M, 3, dtype=torch.float32, scale=1e-3)
+        return lambda config: [mask_losses.mask_losses_backward(pred, target, coef, config=config)]
+
+    def backward_blocks(BLOCK_I, CHUNK, num_warps, num_stages):
+        return replace(shipped, backward=mask_losses.BackwardBlocks(BLOCK_I, BLOCK_I, CHUNK, num_warps, num_stages))
 
     shape = f"M={M} {size}^2 -> {size * scale}^2"
-    fwd = _grid(_FWD_BLOCK_Y=(8, 16, 32), _FWD_BLOCK_X=(64, 128, 256), _FWD_WARPS=(4, 8))
-    bwd = _grid(_BWD_BLOCK_I=(16, 32, 64), _BWD_CHUNK=(32, 64), _BWD_WARPS=(4, 8), _BWD_STAGES=(1, 2))
-    for patch in bwd:
-        patch["_BWD_BLOCK_J"] = patch["_BWD_BLOCK_I"]
-    return [Sweep("mask_losses fwd", shape, mask_losses, fwd, lambda: make(False), _close(1e-4, 1e-5)),
-            Sweep("mask_losses fwd+bwd (bwd config)", shape, mask_losses, bwd, lambda: make(True), _close(*TOLERANCE))]
+    forward = _grid(lambda **blocks: replace(shipped, forward=replace(shipped.forward, **blocks)),
+                    BLOCK_Y=(8, 16, 32), BLOCK_X=(64, 128, 256), num_warps=(4, 8))
+    backward = _grid(backward_blocks, BLOCK_I=(16, 32, 64), CHUNK=(32, 64), num_warps=(4, 8), num_stages=(1, 2))
+    return [Sweep("mask_losses fwd", shape, shipped, forward, lambda: make(False), _close(1e-4, 1e-5)),
+            Sweep("mask_losses bwd", shape, shipped, backward, lambda: make(True), _close(*TOLERANCE))]
 
 
 def _matching_sweep() -> Sweep:
@@ -166,47 +165,33 @@ def _matching_sweep() -> Sweep:
 
     def make():
         cost = torch.rand(B, N, K, generator=torch.Generator().manual_seed(K)).to(DEVICE)
+        num_cols = torch.full((B,), K)
 
-        def run():
-            assignment = matching.linear_sum_assignment(cost, backend="gpu")
+        def run(config):
+            assignment = hungarian.linear_sum_assignment_gpu(cost, num_cols, config=config)
             matched = assignment >= 0
             return [torch.where(matched, cost.gather(2, assignment.clamp(min=0)[..., None])[..., 0], 0).sum(1)]
         return run
 
-    candidates = [{"_num_warps": (lambda block, w=w: w), "label": {"num_warps": w}} for w in (1, 2, 4, 8)]
-    return Sweep("hungarian (gpu matcher)", f"B={B} N={N} K={K}", hungarian, candidates if CUDA else candidates[:2],
-                 make, _close(1e-6, 1e-6))
+    candidates = [{"label": {"num_warps": w}, "config": hungarian.HungarianConfig(num_warps=w)} for w in (1, 2, 4, 8)]
+    return Sweep("hungarian (gpu matcher)", f"B={B} N={N} K={K}", hungarian.pick((B, N, K), torch.float32),
+                 candidates if CUDA else candidates[:2], make, _close(1e-6, 1e-6))
 
 
 def sweeps() -> List[Sweep]:
     return [_group_norm_sweep(), *_attention_sweeps(), _mask_costs_sweep(), *_mask_losses_sweeps(), _matching_sweep()]
 
 
-def _patched(module, patch: Dict[str, object]) -> ExitStack:
-    stack = ExitStack()
-    for name, value in patch.items():
-        if name != "label":
-            assert hasattr(module, name), f"{module.__name__} has no {name}"
-            stack.enter_context(mock.patch.object(module, name, value))
-    return stack
-
-
-def _label(patch: Dict[str, object]) -> str:
-    shown = patch.get("label", {k: v for k, v in patch.items() if k != "label"})
-    return " ".join(f"{k.strip('_')}={v}" for k, v in shown.items())
-
-
 def tune(sweep: Sweep) -> List[Row]:
     """One row per candidate (and the shipped configuration), fastest first."""
     run = sweep.make()
-    want = run()
-    rows = [measure(sweep.kernel, "shipped", sweep.shape, run)]
-    for patch in sweep.candidates:
-        label = _label(patch)
+    want = run(sweep.shipped)
+    rows = [measure(sweep.kernel, "shipped", sweep.shape, lambda: run(sweep.shipped))]
+    for candidate in sweep.candidates:
+        label = " ".join(f"{k}={v}" for k, v in candidate["label"].items())
         try:
-            with _patched(sweep.module, patch):
-                sweep.check(run(), want)
-                rows.append(measure(sweep.kernel, label, sweep.shape, run))
+            sweep.check(run(candidate["config"]), want)
+            rows.append(measure(sweep.kernel, label, sweep.shape, lambda: run(candidate["config"])))
         except Exception as e:  # a config that does not compile, launch or agree is a result
             reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             rows.append(Row(sweep.kernel, label, sweep.shape, float("nan"), float("nan"), float("nan"),

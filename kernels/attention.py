@@ -33,6 +33,8 @@ registers and shared memory); fp64 (gradcheck through the interpreter) is exact 
 accumulates in fp64.
 """
 import math
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
@@ -40,9 +42,10 @@ import triton
 import triton.language as tl
 
 from ._library import launcher_op
-from ._settings import compile_config, tl_dtype, triton_type
+from ._settings import FIXED_LAUNCH, LaunchConfig, compile_configs, config_name, tl_dtype
 
-__all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "COMPILE_CONFIGS"]
+__all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "CONFIGS", "pick", "AttentionConfig",
+           "AttentionBlocks", "COMPILE_CONFIGS"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HEAD_DIMS = (16, 32, 64, 128)
@@ -51,24 +54,46 @@ LOG2E = 1.4426950408889634
 _PRECISION = {torch.float32: "tf32x3", torch.float64: "ieee"}
 
 
-def _launch_config(head_dim: int, dtype: torch.dtype, backward: bool) -> dict:
-    """BLOCK_M, BLOCK_N, warps and pipeline stages per head dim, dtype and pass.
+@dataclass(frozen=True)
+class AttentionBlocks(LaunchConfig):
+    """One pass's launch: BLOCK_M query rows x BLOCK_N keys per step."""
 
-    Chosen to keep register spills off sm_90 for 2-byte inputs (cuobjdump STACK; table in
-    NOTES.md): none at d = 32 (every preset) and 64, 8 B in the d = 128 dk/dv kernel. The
-    backward, which holds two accumulators, gets more warps at d = 64 and smaller blocks at
-    d = 128. 4-byte inputs (3xTF32 dots) take narrow key blocks and 2 stages to fit shared
-    memory on sm_80; they still spill at d >= 64 (and in dk/dv at d = 32 on sm_80).
-    """
+    BLOCK_M: int
+    BLOCK_N: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """The forward kernel's launch and the two backward kernels' (one launch config for both)."""
+
+    forward: AttentionBlocks
+    backward: AttentionBlocks
+
+
+# Chosen to keep register spills off sm_90 for 2-byte inputs (cuobjdump STACK; table in
+# NOTES.md): none at d = 32 (every preset) and 64, 8 B in the d = 128 dk/dv kernel. The
+# backward, which holds two accumulators, gets more warps at d = 64 and smaller blocks at
+# d = 128. 4-byte inputs (3xTF32 dots) take narrow key blocks and 2 stages to fit shared
+# memory on sm_80; they still spill at d >= 64 (and in dk/dv at d = 32 on sm_80).
+_NARROW_KEYS = AttentionBlocks(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=2)
+_SQUARE_64 = AttentionBlocks(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+CONFIGS = {
+    "tf32x3": AttentionConfig(forward=_NARROW_KEYS, backward=_NARROW_KEYS),  # fp32 and fp64 inputs
+    "half_d32": AttentionConfig(forward=_SQUARE_64, backward=_SQUARE_64),  # 2-byte inputs, d <= 32
+    "half_d64": AttentionConfig(forward=_SQUARE_64, backward=replace(_SQUARE_64, num_warps=8)),
+    "half_d128": AttentionConfig(forward=AttentionBlocks(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3),
+                                 backward=AttentionBlocks(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3)),
+}
+
+
+def pick(shape, dtype: torch.dtype) -> AttentionConfig:
+    """The CONFIGS entry for q of this shape ([B, h, Lq, d]) and dtype."""
     if dtype.itemsize >= 4:
-        return dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=2)
-    if head_dim <= 32:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
-    if head_dim <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8 if backward else 4, num_stages=3)
-    if backward:
-        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=3)
+        return CONFIGS["tf32x3"]
+    head_dim = shape[-1]
+    return CONFIGS["half_d32" if head_dim <= 32 else "half_d64" if head_dim <= 64 else "half_d128"]
 
 
 @triton.jit
@@ -266,11 +291,10 @@ def _acc_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _meta(q: torch.Tensor, has_mask: bool, dropout: bool, backward: bool) -> dict:
-    """Constexprs and launch options of the forward (or both backward) kernels for q's shape and dtype."""
-    d = q.shape[-1]
-    return dict(HEAD_DIM=d, HAS_MASK=has_mask, DROPOUT=dropout, ACC=tl_dtype(_acc_dtype(q)),
-                PRECISION=_PRECISION.get(q.dtype, "tf32"), **_launch_config(d, q.dtype, backward))
+def _meta(q: torch.Tensor, has_mask: bool, dropout: bool, blocks: AttentionBlocks) -> dict:
+    """Constexprs and launch options of the kernels of one pass for q's shape and dtype."""
+    return dict(HEAD_DIM=q.shape[-1], HAS_MASK=has_mask, DROPOUT=dropout, ACC=tl_dtype(_acc_dtype(q)),
+                PRECISION=_PRECISION.get(q.dtype, "tf32"), **blocks.kwargs())
 
 
 def _strides(*tensors):
@@ -288,11 +312,13 @@ def _forward_fake(q, k, v, ignore, scale, dropout_p, seed):
 
 @launcher_op("attention_fwd", _forward_fake)
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ignore: Optional[torch.Tensor], scale: float,
-             dropout_p: float, seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+             dropout_p: float, seed: Optional[torch.Tensor],
+             config: Optional[AttentionConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(o [B, h, Lq, d] contiguous, base-2 logsumexp [B*h, Lq]); seed is read only when dropout_p > 0."""
     B, H, Lq, d = q.shape
     Lk = k.shape[2]
-    meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=False)
+    config = pick(q.shape, q.dtype) if config is None else config
+    meta = _meta(q, ignore is not None, dropout_p > 0.0, config.forward)
     o = torch.empty(B, H, Lq, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(B * H, Lq, device=q.device, dtype=_acc_dtype(q))
     grid = (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)
@@ -309,7 +335,8 @@ def _backward_fake(do, q, k, v, o, lse, ignore, scale, dropout_p, seed):
 @launcher_op("attention_bwd", _backward_fake)
 def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
               lse: torch.Tensor, ignore: Optional[torch.Tensor], scale: float, dropout_p: float,
-              seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              seed: Optional[torch.Tensor],
+              config: Optional[AttentionConfig] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous: the dq kernel (which also stores rowsum(dO * O)), then dk/dv."""
     B, H, Lq, d = q.shape
     Lk = k.shape[2]
@@ -320,7 +347,8 @@ def _backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     delta = torch.empty_like(lse)
     args = (q if ignore is None else ignore, *_strides(q, k, v), H, Lq, Lk, scale * LOG2E, scale, dropout_p,
             q if seed is None else seed)
-    meta = _meta(q, ignore is not None, dropout_p > 0.0, backward=True)
+    config = pick(q.shape, q.dtype) if config is None else config
+    meta = _meta(q, ignore is not None, dropout_p > 0.0, config.backward)
     _attn_bwd_dq_kernel[(triton.cdiv(Lq, meta["BLOCK_M"]), B * H)](q, k, v, o, do, dq, lse, delta, *args, **meta)
     _attn_bwd_dkdv_kernel[(triton.cdiv(Lk, meta["BLOCK_N"]), B * H)](q, k, v, do, dk, dv, lse, delta, *args,
                                                                      **meta)
@@ -410,31 +438,23 @@ def supports(q, k=None, v=None, key_padding_mask=None, dropout_p=0.0, **_) -> bo
     return True
 
 
-def _compile_configs():
-    """Every head dim the launcher accepts (16: the narrow models of the default training job;
-    32: every MaskFormer preset), in bf16 and fp32, with the mask and dropout paths on; plus the
-    keep-mask kernel."""
-    configs = []
-    kernels = (_attn_fwd_kernel, _attn_bwd_dq_kernel, _attn_bwd_dkdv_kernel)
+def _compile_examples():
+    """(config name, launch) pairs: forward and backward on meta tensors in the model's layout
+    (heads of a [B, L, h*d] projection; 100 queries, 256 keys of the res5 map), mask and dropout
+    on, at every head dim the launcher accepts, in bf16 and fp32; plus the keep-mask kernel."""
+    B, H, Lq, Lk = 2, 8, 100, 256
     for dtype in (torch.bfloat16, torch.float32):
-        t = triton_type(dtype)
-        types = {name: f"*{t}" for name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr",
-                                            "dv_ptr")}
-        types.update(lse_ptr="*fp32", delta_ptr="*fp32", mask_ptr="*u8", qk_scale="fp32", sm_scale="fp32",
-                     dropout_p="fp32", seed_ptr="*i64")
-        types.update({name: "i32" for name in ("H", "Lq", "Lk", "stride_qb", "stride_qh", "stride_qm",
-                                               "stride_kb", "stride_kh", "stride_kn", "stride_vb", "stride_vh",
-                                               "stride_vn")})
         for d in HEAD_DIMS:
-            q = torch.empty(0, d, dtype=dtype, device="meta")
-            for fns, backward in ((kernels[:1], False), (kernels[1:], True)):
-                meta = _meta(q, has_mask=True, dropout=True, backward=backward)
-                warps, stages = meta.pop("num_warps"), meta.pop("num_stages")
-                configs += [compile_config(fn, types, meta, warps, stages) for fn in fns]
-    configs.append(compile_config(_dropout_keep_mask_kernel, {"keep_ptr": "*i8", "Lq": "i32", "Lk": "i32",
-                                                              "dropout_p": "fp32", "seed_ptr": "*i64"},
-                                  dict(BLOCK_M=32, BLOCK_N=32)))
-    return configs
+            q, k, v, o = (torch.empty(B, L, H, d, dtype=dtype, device="meta").transpose(1, 2)
+                          for L in (Lq, Lk, Lk, Lq))
+            ignore = torch.empty(B, Lk, dtype=torch.uint8, device="meta")
+            seed = torch.empty(1, dtype=torch.int64, device="meta")
+            lse = torch.empty(B * H, Lq, dtype=torch.float32, device="meta")
+            name = config_name(CONFIGS, pick(q.shape, dtype))
+            yield name, partial(_forward, q, k, v, ignore, 0.2, 0.1, seed, config=CONFIGS[name])
+            yield name, partial(_backward, o, q, k, v, o.contiguous(), lse, ignore, 0.2, 0.1, seed,
+                                config=CONFIGS[name])
+    yield FIXED_LAUNCH, partial(dropout_keep_mask, 0, B * H, Lq, Lk, 0.1, device="meta")
 
 
-COMPILE_CONFIGS = _compile_configs()
+COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

@@ -6,10 +6,10 @@ pass + apply pass) and then ReLU (another read and write).
 
 A group is ``C/G`` channels x ``H*W`` pixels. The launcher picks one of two schedules:
 
-* one pass -- the whole group fits one program's registers (<= ``ONE_PASS_MAX`` elements):
+* one pass -- the whole group fits one program's registers (<= ``GroupNormConfig.one_pass_max`` elements):
   one program per (n, g) loads the group once, reduces, normalises and stores.
   Memory traffic: read x + write y (the floor).
-* two phases -- bigger groups are cut into chunks of ``CHUNK`` elements, one program per
+* two phases -- bigger groups are cut into chunks of ``GroupNormConfig.chunk`` elements, one program per
   (n, g, chunk). Phase 1 stores each chunk's mean and M2 (sum of squared deviations from the
   chunk mean, exact in registers); phase 2 combines the chunk statistics with Chan's formula
   (no E[x^2] - E[x]^2 cancellation), normalises its chunk and stores it. Traffic: 2 reads of x
@@ -27,6 +27,8 @@ itself) writes dx. dweight / dbias are those per-(n, c) sums summed over n.
 Layouts: x contiguous (NCHW) or channels_last, read through its strides (Triton specialises
 the unit stride, so either layout gets contiguous vector loads); y keeps x's layout.
 """
+from dataclasses import dataclass
+from functools import partial
 from typing import Optional, Tuple
 
 import torch
@@ -34,18 +36,32 @@ import triton
 import triton.language as tl
 
 from ._library import launcher_op
-from ._settings import block_and_warps, compile_config, next_power_of_2, tl_dtype, triton_type
+from ._settings import block_and_warps, compile_configs, next_power_of_2, tl_dtype
 
-__all__ = ["group_norm_act", "supports", "COMPILE_CONFIGS"]
+__all__ = ["group_norm_act", "supports", "CONFIGS", "pick", "GroupNormConfig", "COMPILE_CONFIGS"]
 
 ACTIVATIONS = ("relu", "none")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Groups up to ONE_PASS_MAX elements (padded to powers of two) use the one-pass schedule;
-# larger ones are split into chunks of CHUNK elements. Tests shrink both to reach the
-# two-phase path at interpreter-friendly sizes.
-ONE_PASS_MAX = 8192
-CHUNK = 4096
 MAX_CHANNELS_PER_GROUP = 4096
+
+
+@dataclass(frozen=True)
+class GroupNormConfig:
+    """Groups up to ``one_pass_max`` elements (padded to powers of two) use the one-pass schedule;
+    larger ones are split into chunks of ``chunk`` elements. The block sizes and warps of a launch
+    follow from these and the group's shape (``_Schedule``). Tests shrink both to reach the
+    two-phase path at interpreter-friendly sizes."""
+
+    one_pass_max: int
+    chunk: int
+
+
+CONFIGS = {"default": GroupNormConfig(one_pass_max=8192, chunk=4096)}
+
+
+def pick(shape, dtype: torch.dtype) -> GroupNormConfig:
+    """The CONFIGS entry for x of this shape ([N, C, H, W]) and dtype: the one there is."""
+    return CONFIGS["default"]
 
 
 @triton.jit
@@ -207,16 +223,16 @@ def _gn_bwd_apply_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr
 
 
 class _Schedule:
-    """Block sizes and grid for a group of CPG channels x HW pixels."""
+    """Block sizes and grid for a group of CPG channels x HW pixels under a GroupNormConfig."""
 
-    def __init__(self, cpg: int, hw: int):
+    def __init__(self, cpg: int, hw: int, config: GroupNormConfig):
         self.cpg_block = next_power_of_2(cpg)
         whole = self.cpg_block * next_power_of_2(hw)
-        self.one_pass = whole <= ONE_PASS_MAX
+        self.one_pass = whole <= config.one_pass_max
         if self.one_pass:
             self.block_p = next_power_of_2(hw)
         else:
-            self.block_p = max(1, CHUNK // self.cpg_block)
+            self.block_p = max(1, config.chunk // self.cpg_block)
         self.num_chunks = triton.cdiv(hw, self.block_p)
         self.chunks_block = next_power_of_2(self.num_chunks)
         _, self.num_warps = block_and_warps(self.cpg_block * self.block_p)
@@ -231,14 +247,15 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
 
 
-def _layout(x: torch.Tensor, num_groups: int):
+def _layout(x: torch.Tensor, num_groups: int, config: Optional[GroupNormConfig]):
     """(x contiguous or channels_last, (stride_n, stride_c, stride_pixel), schedule, accumulator dtype)."""
+    config = pick(x.shape, x.dtype) if config is None else config
     x = _dense(x)
     N, C, H, W = x.shape
     sn, sc, sh, sw = x.stride()
     # the H*W pixels walk with one stride in both layouts (sh = W * sw); with W = 1, sw is arbitrary
     strides = (sn, sc, sw if W > 1 else sh)
-    return x, strides, _Schedule(C // num_groups, H * W), _acc_dtype(x)
+    return x, strides, _Schedule(C // num_groups, H * W, config), _acc_dtype(x)
 
 
 def _check_inputs(x, num_groups, weight, bias, eps, activation):
@@ -272,9 +289,9 @@ def _forward_fake(x, weight, bias, num_groups, eps, relu):
 
 @launcher_op("group_norm_act_fwd", _forward_fake)
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_groups: int, eps: float,
-             relu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             relu: bool, config: Optional[GroupNormConfig] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd) of x, a [N, C, H, W] tensor in either kernel layout; mean and rstd [N * G]."""
-    x, (sn, sc, sp), s, acc = _layout(x, num_groups)
+    x, (sn, sc, sp), s, acc = _layout(x, num_groups, config)
     N, C, H, W = x.shape
     HW, G, cpg = H * W, num_groups, C // num_groups
     y = torch.empty_like(x)
@@ -304,9 +321,10 @@ def _backward_fake(dy, x, weight, bias, mean, rstd, num_groups, relu):
 
 @launcher_op("group_norm_act_bwd", _backward_fake)
 def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
-              rstd: torch.Tensor, num_groups: int, relu: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              rstd: torch.Tensor, num_groups: int, relu: bool,
+              config: Optional[GroupNormConfig] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias), the last two [C] in the accumulator dtype."""
-    x, (sn, sc, sp), s, acc = _layout(x, num_groups)
+    x, (sn, sc, sp), s, acc = _layout(x, num_groups, config)
     N, C, H, W = x.shape
     HW, G, cpg = H * W, num_groups, C // num_groups
     # dy in x's layout so one set of strides serves x, dy and dx
@@ -379,34 +397,20 @@ def supports(x, weight=None, bias=None, activation="relu", **_) -> bool:
     return x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and activation in ACTIVATIONS and x.numel() > 0
 
 
-def _compile_configs():
-    """The launcher's configurations at the model's shapes: 256 channels in 32 groups (8 per group),
-    one-pass (16^2, 32^2) and two-phase (128^2), ReLU (and, in fp32, "none" for the lateral convs)."""
-    configs = []
-    for dtype in (torch.float32, torch.bfloat16):
-        t = triton_type(dtype)
-        types = {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "dy_ptr": f"*{t}", "dx_ptr": f"*{t}", "w_ptr": "*fp32",
-                 "b_ptr": "*fp32", "mean_part_ptr": "*fp32", "m2_part_ptr": "*fp32", "mean_ptr": "*fp32",
-                 "rstd_ptr": "*fp32", "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "dw_sum_ptr": "*fp32",
-                 "db_sum_ptr": "*fp32", "eps": "fp32",
-                 **{name: "i32" for name in ("C", "HW", "CPG", "G", "num_chunks", "stride_n", "stride_c",
-                                             "stride_p")}}
-        for hw in (16 * 16, 32 * 32, 128 * 128):
-            s = _Schedule(8, hw)
-            blocks = dict(CPG_BLOCK=s.cpg_block, BLOCK_P=s.block_p, ACC=tl.float32)
-            kernels = [(_gn_fwd_stats_kernel, blocks)] if not s.one_pass else []
-            for relu in (True, False) if dtype == torch.float32 else (True,):
-                apply = dict(CHUNKS_BLOCK=s.chunks_block, ONE_PASS=s.one_pass, RELU=relu, **blocks)
-                bwd_apply = dict(ONE_PASS=s.one_pass, RELU=relu, **blocks)
-                kernels += [(_gn_fwd_apply_kernel, apply), (_gn_bwd_apply_kernel, bwd_apply)]
-                if not s.one_pass:
-                    kernels.append((_gn_bwd_stats_kernel, dict(RELU=relu, **blocks)))
-            configs += [compile_config(fn, types, cx, s.num_warps) for fn, cx in kernels]
-    # what a launch on NCHW input compiles for the loop's last case (bf16, 128x128, two phases):
-    # Triton specialises the unit pixel stride
-    configs += [compile_config(fn, types, {**cx, "stride_p": 1}, s.num_warps) for fn, cx in kernels
-                if fn in (_gn_fwd_apply_kernel, _gn_bwd_apply_kernel)]
-    return configs
+def _compile_examples():
+    """(config name, launch) pairs: forward and backward on meta tensors at the pixel decoder's
+    shapes, 256 channels in 32 groups (8 per group), NCHW: one pass (16^2, 32^2) and two phases
+    (128^2), ReLU (and, in fp32, "none" for the lateral convs); plus two phases channels_last."""
+    N, C, G = 2, 256, 32
+    weight = torch.empty(C, device="meta")
+    stats = torch.empty(N * G, device="meta")
+    cases = [(torch.float32, size, relu, torch.contiguous_format) for size in (16, 32, 128) for relu in (True, False)]
+    cases += [(torch.bfloat16, size, True, torch.contiguous_format) for size in (16, 32, 128)]
+    cases.append((torch.bfloat16, 128, True, torch.channels_last))
+    for dtype, size, relu, layout in cases:
+        x = torch.empty(N, C, size, size, dtype=dtype, device="meta", memory_format=layout)
+        yield "default", partial(_forward, x, weight, weight, G, 1e-5, relu)
+        yield "default", partial(_backward, x, x, weight, weight, stats, stats, G, relu)
 
 
-COMPILE_CONFIGS = _compile_configs()
+COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

@@ -20,15 +20,17 @@ Problem ``b`` is ``cost[b, :, :num_cols[b]]``; when it has more rows than valid 
 solved transposed (strides swapped), as scipy does. Status per problem: 0 solved,
 1 infeasible (+inf blocks every complete matching), 2 NaN or -inf entry.
 """
-from typing import List
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._settings import CompileConfig, compile_config, next_power_of_2
+from ._settings import LaunchConfig, compile_configs, config_name, next_power_of_2
 
-__all__ = ["linear_sum_assignment_gpu", "COMPILE_CONFIGS"]
+__all__ = ["linear_sum_assignment_gpu", "CONFIGS", "pick", "HungarianConfig", "COMPILE_CONFIGS"]
 
 STATUS_OK, STATUS_INFEASIBLE, STATUS_INVALID = 0, 1, 2
 NO_COLUMN: tl.constexpr = tl.constexpr(2**30)  # "no column yet" in the column-reduction scratch
@@ -44,6 +46,146 @@ def _lowest_key_code(key_a, code_a, key_b, code_b):
 
 
 @triton.jit
+def _load_problem(cost_base, row_stride, col_offsets, col_valid, nr, BLOCK: tl.constexpr):
+    """(status, column minima, their rows) of the nr rows (C++ load_problem). Every entry is read
+    once up front: NaN and -inf are errors (status 2), not costs. The same pass finds each
+    column's cheapest row, for the column reduction of square problems."""
+    status = 0
+    col_min = tl.full([BLOCK], float("inf"), tl.float64)
+    argmin_row = tl.zeros([BLOCK], tl.int32)
+    for i in range(0, nr):
+        c = tl.load(cost_base + i * row_stride + col_offsets, mask=col_valid, other=0.0).to(tl.float64)
+        num_bad = tl.sum(((c != c) | (c == -float("inf"))).to(tl.int32))
+        status = tl.where(num_bad > 0, 2, status)
+        lower = c < col_min
+        col_min = tl.where(lower, c, col_min)
+        argmin_row = tl.where(lower, i, argmin_row)
+    return status, col_min, argmin_row
+
+
+@triton.jit
+def _reduce_columns(col4row, row4col, path, col_min, argmin_row, cols, col_valid, status):
+    """(status, column duals) after the Jonker-Volgenant column reduction (C++ reduce_columns):
+    v = column minima, and each row takes the lowest-index column whose minimum it holds. About
+    60% of the rows of a random problem are matched before any search; the searches left are
+    what the time goes to. A column of +inf only is infeasible (status 1)."""
+    status = tl.where(tl.max(tl.where(col_valid, col_min, 0.0), axis=0) == float("inf"), 1, status)
+    tl.debug_barrier()  # boundary: the path scratch initialised by every lane
+    tl.atomic_min(path + argmin_row, cols, mask=col_valid)
+    tl.debug_barrier()  # boundary: every column's claim on its row landed
+    first_col = tl.load(path + argmin_row, mask=col_valid, other=NO_COLUMN)
+    tl.store(row4col + cols, tl.where(first_col == cols, argmin_row, -1), mask=col_valid)
+    taken_col = tl.load(path + cols, mask=col_valid, other=NO_COLUMN)  # rows as lanes
+    tl.store(col4row + cols, tl.where(taken_col < NO_COLUMN, taken_col, -1), mask=col_valid)
+    return status, tl.where(col_valid, col_min, 0.0)
+
+
+@triton.jit
+def _scan_row(cost_base, i, row_stride, col_offsets, col_valid, cols, u_i, v, owner, shortest, path, done, min_val,
+              BLOCK: tl.constexpr):
+    """One search step from row i (C++ scan_row): relax every column's label through row i, then
+    take the lowest unreached label; among columns at it a free one first (code < BLOCK), then by
+    index -- one reduction tree over (label, code) pairs, not two in a row.
+    Returns (shortest, path, done, lowest label, its column, whether that column is free)."""
+    c = tl.load(cost_base + i * row_stride + col_offsets, mask=col_valid, other=float("inf")).to(tl.float64)
+    reduced = min_val + c - u_i - v
+    better = (reduced < shortest) & ~done
+    path = tl.where(better, i, path)
+    shortest = tl.where(better, reduced, shortest)
+    key = tl.where(done | ~col_valid, float("inf"), shortest)
+    lowest, code = tl.reduce((key, cols + tl.where(owner < 0, 0, BLOCK)), 0, _lowest_key_code)
+    j = code % BLOCK
+    return shortest, path, done | (cols == j), lowest, j, code < BLOCK
+
+
+@triton.jit
+def _update_duals(u, cur_row, min_val, shortest, done, owner, v):
+    """Column duals after a search: the new row gains min_val; every other row reached (the owner
+    of a reached, matched column) and every reached column move by min_val - shortest."""
+    delta = min_val - shortest
+    reached_rows = done & (owner >= 0)
+    u_cur = tl.load(u + cur_row)
+    u_old = tl.load(u + owner, mask=reached_rows, other=0.0)
+    # boundary: a scalar is loaded by every thread but stored by one; with several warps, one
+    # could otherwise read u[cur_row] after another warp's thread has updated it
+    tl.debug_barrier()
+    tl.store(u + cur_row, u_cur + min_val)
+    tl.store(u + owner, u_old + delta, mask=reached_rows)
+    return tl.where(done, v - delta, v)
+
+
+@triton.jit
+def _flip_path(sink, cur_row, path, col4row, row4col):
+    """Augment along the predecessors from the free column sink back to cur_row. The rows of a
+    path are distinct, so each col4row read sees the value from before this loop."""
+    j = sink
+    row = -1
+    while row != cur_row:
+        row = tl.load(path + j)
+        previous = tl.load(col4row + row)
+        tl.debug_barrier()  # boundary: the same read-before-overwrite hand-off as for u
+        tl.store(row4col + j, row)
+        tl.store(col4row + row, j)
+        j = previous
+
+
+@triton.jit
+def _augment_from(cur_row, cost_base, row_stride, col_offsets, col_valid, cols, u, col4row, row4col, path_scratch,
+                  v, BLOCK: tl.constexpr):
+    """(status, column duals) after matching the free row cur_row (C++ augment_from): a Dijkstra
+    search over reduced costs to the nearest free column, the dual update and the augmentation.
+    No free column reachable at a finite cost: infeasible (status 1)."""
+    owner = tl.load(row4col + cols)
+    shortest = tl.full([BLOCK], float("inf"), tl.float64)
+    path = tl.full([BLOCK], -1, tl.int32)
+    done = cols < 0  # columns reached by this search
+    min_val = tl.zeros([BLOCK], tl.float64).max()  # float64 scalar 0
+    status = 0
+    i = cur_row
+    sink = -1
+    while sink < 0:
+        shortest, path, done, min_val, j, free = _scan_row(cost_base, i, row_stride, col_offsets, col_valid, cols,
+                                                           tl.load(u + i), v, owner, shortest, path, done, min_val,
+                                                           BLOCK)
+        found = free | (min_val == float("inf"))
+        status = tl.where(min_val == float("inf"), 1, status)
+        sink = tl.where(found, j, -1)
+        i = tl.where(found, i, tl.load(row4col + j))
+    if status == 0:
+        v = _update_duals(u, cur_row, min_val, shortest, done, owner, v)
+        tl.store(path_scratch + cols, path)
+        tl.debug_barrier()  # boundary: predecessors stored before the path is walked
+        _flip_path(sink, cur_row, path_scratch, col4row, row4col)
+    return status, v
+
+
+@triton.jit
+def _solve_short_side(cost_base, row_stride, col_stride, nr, nc, u, col4row, row4col, path, BLOCK: tl.constexpr):
+    """Status of solving the nr x nc problem, nr <= nc, into the scratch matching col4row
+    (C++ solve_short_side): column reduction when square, then a search from each free row."""
+    cols = tl.arange(0, BLOCK)
+    col_valid = cols < nc
+    col_offsets = cols.to(tl.int64) * col_stride
+    tl.store(u + cols, tl.zeros([BLOCK], tl.float64))
+    tl.store(col4row + cols, tl.full([BLOCK], -1, tl.int32))
+    tl.store(row4col + cols, tl.full([BLOCK], -1, tl.int32))
+    tl.store(path + cols, tl.full([BLOCK], NO_COLUMN, tl.int32))
+    v = tl.zeros([BLOCK], tl.float64)  # column duals stay in registers
+    status, col_min, argmin_row = _load_problem(cost_base, row_stride, col_offsets, col_valid, nr, BLOCK)
+    if (nr == nc) & (nr > 0) & (status == 0):
+        status, v = _reduce_columns(col4row, row4col, path, col_min, argmin_row, cols, col_valid, status)
+    cur_row = 0
+    while (cur_row < nr) & (status == 0):
+        tl.debug_barrier()  # boundary: the previous augmentation's row4col / col4row / u writes
+        if tl.load(col4row + cur_row) < 0:
+            status, v = _augment_from(cur_row, cost_base, row_stride, col_offsets, col_valid, cols, u, col4row,
+                                      row4col, path, v, BLOCK)
+        cur_row += 1
+    tl.debug_barrier()  # boundary: the last augmentation's writes, before the matching is read
+    return status
+
+
+@triton.jit
 def _lsa_kernel(
     cost_ptr, num_cols_ptr, out_ptr, status_ptr,
     u_ptr, col4row_ptr, row4col_ptr, path_ptr,
@@ -55,111 +197,13 @@ def _lsa_kernel(
     num_cols = tl.load(num_cols_ptr + b).to(tl.int32)
     transpose = N > num_cols
     nr = tl.minimum(N, num_cols)  # rows of the short-side problem
-    nc = tl.maximum(N, num_cols)
-    row_stride = tl.where(transpose, stride_m, stride_n)
-    col_stride = tl.where(transpose, stride_n, stride_m)
-    cost_base = cost_ptr + b * stride_b
     scratch = b * BLOCK
-
-    cols = tl.arange(0, BLOCK)
-    col_valid = cols < nc
-    col_offsets = cols.to(tl.int64) * col_stride
-    inf = float("inf")
-
-    tl.store(u_ptr + scratch + cols, tl.zeros([BLOCK], tl.float64))
-    tl.store(col4row_ptr + scratch + cols, tl.full([BLOCK], -1, tl.int32))
-    tl.store(row4col_ptr + scratch + cols, tl.full([BLOCK], -1, tl.int32))
-    tl.store(path_ptr + scratch + cols, tl.full([BLOCK], NO_COLUMN, tl.int32))
-    v = tl.zeros([BLOCK], tl.float64)  # column duals stay in registers
-
-    # Every entry is read once up front: NaN and -inf are errors, not costs. The same pass
-    # finds each column's cheapest row, for the column reduction of square problems.
-    status = 0
-    col_min = tl.full([BLOCK], inf, tl.float64)
-    argmin_row = tl.zeros([BLOCK], tl.int32)
-    for i in range(0, nr):
-        c = tl.load(cost_base + i * row_stride + col_offsets, mask=col_valid, other=0.0).to(tl.float64)
-        num_bad = tl.sum(((c != c) | (c == -inf)).to(tl.int32))
-        status = tl.where(num_bad > 0, 2, status)
-        lower = c < col_min
-        col_min = tl.where(lower, c, col_min)
-        argmin_row = tl.where(lower, i, argmin_row)
-
-    if (nr == nc) & (nr > 0) & (status == 0):
-        # Column reduction (Jonker-Volgenant), as the C++ solver: v = column minima, and each row
-        # takes the lowest-index column whose minimum it holds. About 60% of the rows of a random
-        # problem are matched before any search; the searches left are what the time goes to.
-        status = tl.where(tl.max(tl.where(col_valid, col_min, 0.0), axis=0) == inf, 1, status)
-        v = tl.where(col_valid, col_min, 0.0)
-        tl.debug_barrier()  # path scratch initialised
-        tl.atomic_min(path_ptr + scratch + argmin_row, cols, mask=col_valid)
-        tl.debug_barrier()
-        first_col = tl.load(path_ptr + scratch + argmin_row, mask=col_valid, other=NO_COLUMN)
-        tl.store(row4col_ptr + scratch + cols, tl.where(first_col == cols, argmin_row, -1), mask=col_valid)
-        taken_col = tl.load(path_ptr + scratch + cols, mask=col_valid, other=NO_COLUMN)  # rows as lanes
-        tl.store(col4row_ptr + scratch + cols, tl.where(taken_col < NO_COLUMN, taken_col, -1), mask=col_valid)
-
-    cur_row = 0
-    while (cur_row < nr) & (status == 0):
-        tl.debug_barrier()  # the previous augmentation's row4col / col4row / u writes
-        if tl.load(col4row_ptr + scratch + cur_row) < 0:
-            row4col = tl.load(row4col_ptr + scratch + cols)
-            shortest = tl.full([BLOCK], inf, tl.float64)
-            path = tl.full([BLOCK], -1, tl.int32)
-            done = cols < 0  # columns reached by this search
-            min_val = tl.zeros([BLOCK], tl.float64).max()  # float64 scalar 0
-            i = cur_row
-            sink = -1
-            while sink < 0:
-                u_i = tl.load(u_ptr + scratch + i)
-                c = tl.load(cost_base + i * row_stride + col_offsets, mask=col_valid, other=inf).to(tl.float64)
-                reduced = min_val + c - u_i - v
-                better = (reduced < shortest) & ~done
-                path = tl.where(better, i, path)
-                shortest = tl.where(better, reduced, shortest)
-                key = tl.where(done | ~col_valid, inf, shortest)
-                # The lowest label; among columns at it a free one first (code < BLOCK), then by
-                # index. One reduction tree over (label, code) pairs, not two in a row.
-                lowest, code = tl.reduce((key, cols + tl.where(row4col < 0, 0, BLOCK)), 0, _lowest_key_code)
-                j = code % BLOCK
-                done = done | (cols == j)
-                min_val = lowest
-                found = (code < BLOCK) | (lowest == inf)
-                status = tl.where(lowest == inf, 1, status)
-                sink = tl.where(found, j, -1)
-                i = tl.where(found, i, tl.load(row4col_ptr + scratch + j))
-
-            if status == 0:
-                # Duals: the new row gains min_val; every other row reached (the owner of a reached,
-                # matched column) and every reached column move by min_val - shortest.
-                delta = min_val - shortest
-                reached_rows = done & (row4col >= 0)
-                u_cur = tl.load(u_ptr + scratch + cur_row)
-                u_old = tl.load(u_ptr + scratch + row4col, mask=reached_rows, other=0.0)
-                # A scalar is loaded by every thread but stored by one: with several warps, one
-                # could otherwise read u[cur_row] after another warp's thread has updated it.
-                tl.debug_barrier()
-                tl.store(u_ptr + scratch + cur_row, u_cur + min_val)
-                tl.store(u_ptr + scratch + row4col, u_old + delta, mask=reached_rows)
-                v = tl.where(done, v - delta, v)
-                tl.store(path_ptr + scratch + cols, path)
-                tl.debug_barrier()
-                # Augment along the predecessors from the free column back to cur_row. The rows of
-                # a path are distinct, so each col4row read sees the value from before this loop.
-                j = sink
-                row = -1
-                while row != cur_row:
-                    row = tl.load(path_ptr + scratch + j)
-                    previous = tl.load(col4row_ptr + scratch + row)
-                    tl.debug_barrier()  # the same read-before-overwrite hand-off as for u above
-                    tl.store(row4col_ptr + scratch + j, row)
-                    tl.store(col4row_ptr + scratch + row, j)
-                    j = previous
-        cur_row += 1
-
-    tl.debug_barrier()
+    col4row = col4row_ptr + scratch
+    status = _solve_short_side(cost_ptr + b * stride_b, tl.where(transpose, stride_m, stride_n),
+                               tl.where(transpose, stride_n, stride_m), nr, tl.maximum(N, num_cols),
+                               u_ptr + scratch, col4row, row4col_ptr + scratch, path_ptr + scratch, BLOCK)
     rows = tl.arange(0, BLOCK)
-    matched = tl.load(col4row_ptr + scratch + rows, mask=rows < nr, other=-1)
+    matched = tl.load(col4row + rows, mask=rows < nr, other=-1)
     if status == 0:
         if transpose:
             tl.store(out_ptr + b * N + matched, rows.to(tl.int64), mask=(rows < nr) & (matched >= 0))
@@ -168,32 +212,35 @@ def _lsa_kernel(
     tl.store(status_ptr + b, status)
 
 
-def _num_warps(block: int) -> int:
-    # Latency-bound: each search step is a load and one reduction across the block, cheapest
-    # within one warp (shuffles only). Untuned: no GPU was available when this was written.
-    return 1 if block <= 256 else min(8, block // 128)
+@dataclass(frozen=True)
+class HungarianConfig(LaunchConfig):
+    """Warps of the one program per problem (its BLOCK is the problem's long side, padded)."""
+
+    num_warps: int
 
 
-def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> torch.Tensor:
-    """Solves every cost[b, :, :num_cols[b]]; one program per problem, one launch.
+# Latency-bound: each search step is a load and one reduction across the block, cheapest within
+# one warp (shuffles only); bigger blocks spread over more warps.
+CONFIGS = {"one_warp": HungarianConfig(num_warps=1), "four_warps": HungarianConfig(num_warps=4),
+           "eight_warps": HungarianConfig(num_warps=8)}
 
-    cost: [B, N, M] float (CUDA, or CPU under TRITON_INTERPRET=1), any strides;
-    num_cols: int [B] in [0, M]. Returns int64 [B, N] on cost's device: the column matched
-    to each row, or -1. Raises ValueError naming the first infeasible or NaN/-inf problem
-    (this reads the status back: one host sync).
-    """
+
+def pick(shape, dtype: torch.dtype) -> HungarianConfig:
+    """The CONFIGS entry for costs of this shape ([B, N, M]); the dtype does not matter."""
+    block = next_power_of_2(max(shape[1], shape[2]))
+    return CONFIGS["one_warp" if block <= 256 else "four_warps" if block <= 512 else "eight_warps"]
+
+
+def _launch(cost: torch.Tensor, num_cols: torch.Tensor, block: int,
+            config: HungarianConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(assignment int64 [B, N], status int32 [B]) of one launch over every problem."""
     B, N, M = cost.shape
     device = cost.device
     out = torch.full((B, N), -1, dtype=torch.int64, device=device)
-    if B == 0 or N == 0 or M == 0:
-        return out
-    block = next_power_of_2(max(N, M))
-    if block > MAX_BLOCK:
-        raise ValueError(f"gpu matching supports up to {MAX_BLOCK} rows or columns, got [{N}, {M}]")
     num_cols = num_cols.to(dtype=torch.int32)
     if device.type == "cuda" and num_cols.device.type == "cpu":
         # A copy from pageable memory would first wait for the stream (the costs' kernels);
-        # from pinned memory it is queued behind them, and the status read below is the one sync.
+        # from pinned memory it is queued behind them, and the status read is the one sync.
         num_cols = num_cols.pin_memory().to(device, non_blocking=True)
     num_cols = num_cols.to(device)
     status = torch.empty(B, dtype=torch.int32, device=device)
@@ -202,8 +249,27 @@ def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> tor
     _lsa_kernel[(B,)](
         cost, num_cols, out, status, u, col4row, row4col, path,
         N, M, cost.stride(0), cost.stride(1), cost.stride(2),
-        BLOCK=block, num_warps=_num_warps(block),
+        BLOCK=block, **config.kwargs(),
     )
+    return out, status
+
+
+def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor,
+                              config: Optional[HungarianConfig] = None) -> torch.Tensor:
+    """Solves every cost[b, :, :num_cols[b]]; one program per problem, one launch.
+
+    cost: [B, N, M] float (CUDA, or CPU under TRITON_INTERPRET=1), any strides;
+    num_cols: int [B] in [0, M]. Returns int64 [B, N] on cost's device: the column matched
+    to each row, or -1. Raises ValueError naming the first infeasible or NaN/-inf problem
+    (this reads the status back: one host sync).
+    """
+    B, N, M = cost.shape
+    if B == 0 or N == 0 or M == 0:
+        return torch.full((B, N), -1, dtype=torch.int64, device=cost.device)
+    block = next_power_of_2(max(N, M))
+    if block > MAX_BLOCK:
+        raise ValueError(f"gpu matching supports up to {MAX_BLOCK} rows or columns, got [{N}, {M}]")
+    out, status = _launch(cost, num_cols, block, pick(cost.shape, cost.dtype) if config is None else config)
     failed = torch.nonzero(status).flatten()
     if failed.numel():
         b = int(failed[0])
@@ -213,17 +279,19 @@ def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> tor
     return out
 
 
-def _compile_configs() -> List[CompileConfig]:
-    types = {"cost_ptr": "*fp32", "num_cols_ptr": "*i32", "out_ptr": "*i64", "status_ptr": "*i32",
-             "u_ptr": "*fp64", "col4row_ptr": "*i32", "row4col_ptr": "*i32", "path_ptr": "*i32",
-             "N": "i32", "M": "i32", "stride_b": "i32", "stride_n": "i32", "stride_m": "i32"}
-    configs = []
-    for cost_type, block in (("*fp32", 128), ("*fp64", 128), ("*bf16", 128), ("*fp32", 1024)):
-        configs.append(compile_config(_lsa_kernel, {**types, "cost_ptr": cost_type}, {"BLOCK": block},
-                                      num_warps=_num_warps(block)))
-    # what a launch on contiguous costs compiles: Triton specialises an integer argument equal to 1
-    configs.append(compile_config(_lsa_kernel, types, {"BLOCK": 128, "stride_m": 1}, num_warps=_num_warps(128)))
-    return configs
+def _compile_examples():
+    """(config name, launch) pairs on meta tensors: the criterion's problems (96 = 16 images x 6
+    layers, 100 queries x 50 padded targets, contiguous) in fp32, fp64 and bf16 costs, a transposed
+    view, and long sides of 300 and 1000 (four and eight warps)."""
+    for dtype, shape, transposed in ((torch.float32, (96, 100, 50), False), (torch.float64, (96, 100, 50), False),
+                                     (torch.bfloat16, (96, 100, 50), False), (torch.float32, (96, 50, 100), True),
+                                     (torch.float32, (16, 300, 300), False), (torch.float32, (16, 1000, 1000), False)):
+        cost = torch.empty(shape, dtype=dtype, device="meta")
+        cost = cost.transpose(1, 2) if transposed else cost
+        num_cols = torch.empty(cost.shape[0], dtype=torch.int64, device="meta")
+        config = pick(cost.shape, dtype)
+        block = next_power_of_2(max(cost.shape[1:]))
+        yield config_name(CONFIGS, config), partial(_launch, cost, num_cols, block, config)
 
 
-COMPILE_CONFIGS = _compile_configs()
+COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

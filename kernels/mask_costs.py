@@ -36,7 +36,9 @@ batch (stride 0) when several predictions share one image's targets: nothing is 
 Targets may be bool, uint8 or floating; logits fp32, fp16 or bf16. Costs are used under
 ``no_grad``: there is no backward.
 """
-from typing import Tuple
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -44,18 +46,35 @@ import triton.language as tl
 
 from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
 from ._library import launcher_op
-from ._settings import CompileConfig, next_power_of_2
+from ._settings import LaunchConfig, compile_configs, config_name, next_power_of_2
 
-__all__ = ["mask_costs", "supports", "COMPILE_CONFIGS"]
+__all__ = ["mask_costs", "supports", "CONFIGS", "pick", "MaskCostsConfig", "COMPILE_CONFIGS"]
 
 assert FOCAL_GAMMA == 2.0, "the kernel squares (1 - p_t) explicitly: gamma is fixed at 2"
 
-# BLOCK_Q=32 x BLOCK_P=32 with 8 warps: ~190 registers and no spills on sm_90 at
-# BLOCK_K=64 (BLOCK_P=64 or 4 warps spill); untuned on a GPU.
-_BLOCK_Q = 32
-_BLOCK_P = 32
-_MAX_BLOCK_K = 64
-_NUM_WARPS = 8
+
+
+@dataclass(frozen=True)
+class MaskCostsConfig(LaunchConfig):
+    """One program: BLOCK_Q queries x BLOCK_K targets, BLOCK_P pixels per step."""
+
+    BLOCK_Q: int
+    BLOCK_K: int
+    BLOCK_P: int
+    num_warps: int
+    num_stages: int
+
+
+# BLOCK_Q=32 x BLOCK_P=32 with 8 warps: no spills on sm_90 at BLOCK_K=64 (BLOCK_P=64 or 4 warps
+# spill). BLOCK_K: all of an image's targets in one block when Kmax <= 64, so the logits are read
+# (and their sigmoid / softplus computed) once; tl.dot needs >= 16.
+CONFIGS = {f"k{block_k}": MaskCostsConfig(BLOCK_Q=32, BLOCK_K=block_k, BLOCK_P=32, num_warps=8, num_stages=3)
+           for block_k in (16, 32, 64)}
+
+
+def pick(shape, dtype: torch.dtype) -> MaskCostsConfig:
+    """The CONFIGS entry for target_masks of this shape ([B, Kmax, h, w]); the dtype does not matter."""
+    return CONFIGS[f"k{max(16, min(64, next_power_of_2(shape[1])))}"]
 
 
 @triton.jit
@@ -131,12 +150,6 @@ def _mask_costs_kernel(
     tl.store(dice_ptr + out_offs, tl.where(valid, dice, 0.0), mask=out_mask)
 
 
-def _block_k(K: int) -> int:
-    # all of an image's targets in one block when K <= 64, so the logits are read (and their
-    # sigmoid / softplus computed) once; tl.dot needs >= 16
-    return max(16, min(_MAX_BLOCK_K, next_power_of_2(K)))
-
-
 def _check_inputs(pred_masks, target_masks, num_targets):
     if pred_masks.dim() != 4 or target_masks.dim() != 4:
         raise ValueError(f"mask_costs: pred_masks [B,Q,h,w] and target_masks [B,K,h,w] expected, got "
@@ -170,8 +183,8 @@ def _mask_costs_fake(pred_masks, target_masks, num_targets):
 
 
 @launcher_op("mask_costs", _mask_costs_fake)
-def _mask_costs(pred_masks: torch.Tensor, target_masks: torch.Tensor,
-                num_targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _mask_costs(pred_masks: torch.Tensor, target_masks: torch.Tensor, num_targets: torch.Tensor,
+                config: Optional[MaskCostsConfig] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     B, Q, h, w = pred_masks.shape
     K = target_masks.shape[1]
     P = h * w
@@ -188,14 +201,14 @@ def _mask_costs(pred_masks: torch.Tensor, target_masks: torch.Tensor,
     if target.dtype == torch.bool:
         target = target.view(torch.uint8)
     num_targets = num_targets.to(device=pred.device, dtype=torch.int32)
-    block_k = _block_k(K)
-    grid = (B, triton.cdiv(Q, _BLOCK_Q), triton.cdiv(K, block_k))
+    config = pick(target_masks.shape, target_masks.dtype) if config is None else config
+    grid = (B, triton.cdiv(Q, config.BLOCK_Q), triton.cdiv(K, config.BLOCK_K))
     _mask_costs_kernel[grid](
         pred, target, num_targets, focal, dice,
         Q, K, P,
         pred.stride(0), pred.stride(1), target.stride(0), target.stride(1),
         FOCAL_ALPHA,
-        BLOCK_Q=_BLOCK_Q, BLOCK_K=block_k, BLOCK_P=_BLOCK_P, num_warps=_NUM_WARPS,
+        **config.kwargs(),
     )
     return focal, dice
 
@@ -214,22 +227,21 @@ def mask_costs(
     return _mask_costs(pred_masks, target_masks, num_targets)
 
 
-def _compile_configs():
-    """The launcher's BLOCK_K choices and the dtype pairs that change the kernel's loads."""
-    configs = []
-    for pred_dtype, target_dtype, block_k in (("fp32", "u8", 16), ("bf16", "u8", 32), ("fp16", "fp32", 64),
-                                              ("fp32", "bf16", 64)):
-        signature = {
-            "pred_ptr": f"*{pred_dtype}", "target_ptr": f"*{target_dtype}", "num_targets_ptr": "*i32",
-            "focal_ptr": "*fp32", "dice_ptr": "*fp32",
-            "Q": "i32", "K": "i32", "P": "i32",
-            "stride_pb": "i32", "stride_pq": "i32", "stride_tb": "i32", "stride_tk": "i32",
-            "alpha": "fp32",
-            "BLOCK_Q": "constexpr", "BLOCK_K": "constexpr", "BLOCK_P": "constexpr",
-        }
-        constexprs = {"BLOCK_Q": _BLOCK_Q, "BLOCK_K": block_k, "BLOCK_P": _BLOCK_P}
-        configs.append(CompileConfig(_mask_costs_kernel, signature, constexprs, num_warps=_NUM_WARPS))
-    return configs
+def _compile_examples():
+    """(config name, launch) pairs: the criterion's call on meta tensors (16 images x 6 decoder
+    layers x 100 queries, 128^2 logits, bool targets), at a Kmax for each BLOCK_K, plus the target
+    dtypes that change the kernel's loads and an expand()-ed (stride-0) batch of targets."""
+    B, Q, size = 16, 600, 128
+    num_targets = torch.empty(B, dtype=torch.int64, device="meta")
+    for pred_dtype, target_dtype, K in ((torch.float32, torch.bool, 10), (torch.bfloat16, torch.bool, 20),
+                                        (torch.bfloat16, torch.bool, 50), (torch.float16, torch.float32, 64),
+                                        (torch.float32, torch.bfloat16, 64)):
+        pred = torch.empty(B, Q, size, size, dtype=pred_dtype, device="meta")
+        target = torch.empty(B, K, size, size, dtype=target_dtype, device="meta")
+        yield config_name(CONFIGS, pick(target.shape, target.dtype)), partial(_mask_costs, pred, target, num_targets)
+    pred = torch.empty(B, Q, size, size, dtype=torch.bfloat16, device="meta")
+    shared = torch.empty(1, 37, size, size, dtype=torch.bool, device="meta").expand(B, -1, -1, -1)
+    yield "k64", partial(_mask_costs, pred, shared, num_targets)
 
 
-COMPILE_CONFIGS = _compile_configs()
+COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

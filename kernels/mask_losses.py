@@ -31,7 +31,9 @@ only a conservative bound (rows outside it have zero weight).
 The focal formula is the official general one (alpha_t, p_t, BCE with logits), so float
 targets in [0, 1] give the reference's numbers too; gamma is 2.
 """
-from typing import Tuple, Union
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional, Tuple, Union
 
 import torch
 import triton
@@ -40,24 +42,53 @@ from torch.autograd.function import once_differentiable
 
 from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
 from ._library import launcher_op
-from ._settings import CompileConfig
+from ._settings import LaunchConfig, compile_configs
 
-__all__ = ["mask_losses", "supports", "COMPILE_CONFIGS"]
+__all__ = ["mask_losses", "supports", "CONFIGS", "pick", "MaskLossesConfig", "COMPILE_CONFIGS"]
 
 assert FOCAL_GAMMA == 2.0, "the kernels square (1 - p_t) explicitly: gamma is fixed at 2"
 
-# forward: one program = BLOCK_Y output rows, BLOCK_X columns at a time
-_FWD_BLOCK_Y = 16
-_FWD_BLOCK_X = 128
-_FWD_WARPS = 8
-# backward: one program = BLOCK_I x BLOCK_J source pixels, output window in CHUNK x CHUNK pieces
-_BWD_BLOCK_I = 32
-_BWD_BLOCK_J = 32
-_BWD_CHUNK = 32
-_BWD_WARPS = 4
-# software pipelining of the chunk loop buffers the gathered fp32 logits: 255 registers and
-# spills on sm_90; without it 165 and none (the gathers hit L1/L2 anyway)
-_BWD_STAGES = 1
+
+
+@dataclass(frozen=True)
+class ForwardBlocks(LaunchConfig):
+    """One forward program: BLOCK_Y output rows, BLOCK_X columns at a time."""
+
+    BLOCK_Y: int
+    BLOCK_X: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class BackwardBlocks(LaunchConfig):
+    """One backward program: BLOCK_I x BLOCK_J source pixels, output window in CHUNK x CHUNK pieces."""
+
+    BLOCK_I: int
+    BLOCK_J: int
+    CHUNK: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class MaskLossesConfig:
+    forward: ForwardBlocks
+    backward: BackwardBlocks
+
+
+CONFIGS = {
+    # one config for every shape and dtype. Backward num_stages=1: software pipelining of the
+    # chunk loop buffers the gathered fp32 logits (255 registers and spills on sm_90; the
+    # gathers hit L1/L2 anyway)
+    "default": MaskLossesConfig(forward=ForwardBlocks(BLOCK_Y=16, BLOCK_X=128, num_warps=8, num_stages=3),
+                                backward=BackwardBlocks(BLOCK_I=32, BLOCK_J=32, CHUNK=32, num_warps=4, num_stages=1)),
+}
+
+
+def pick(shape, dtype: torch.dtype) -> MaskLossesConfig:
+    """The CONFIGS entry for pred_masks of this shape ([M, h, w]) and dtype: the one there is."""
+    return CONFIGS["default"]
 
 _PRED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TARGET_DTYPES = (torch.bool, torch.uint8, torch.float32, torch.float16, torch.bfloat16)
@@ -248,11 +279,13 @@ def _forward_fake(pred_masks, target_masks):
 
 
 @launcher_op("mask_losses_fwd", _forward_fake)
-def mask_losses_forward(pred_masks: torch.Tensor, target_masks: torch.Tensor) -> torch.Tensor:
+def mask_losses_forward(pred_masks: torch.Tensor, target_masks: torch.Tensor,
+                        config: Optional[MaskLossesConfig] = None) -> torch.Tensor:
     """Per-mask totals, float32 [M, 4]: (sum of focal loss, sum s*t, sum s, sum t) over H x W."""
     M, h, w = pred_masks.shape
     H, W = target_masks.shape[1:]
-    n_row_blocks = triton.cdiv(H, _FWD_BLOCK_Y)
+    blocks = (pick(pred_masks.shape, pred_masks.dtype) if config is None else config).forward
+    n_row_blocks = triton.cdiv(H, blocks.BLOCK_Y)
     partial = torch.empty((M, n_row_blocks, 4), dtype=torch.float32, device=pred_masks.device)
     target = _readable_target(target_masks)
     _mask_losses_fwd_kernel[(M, n_row_blocks)](
@@ -260,7 +293,7 @@ def mask_losses_forward(pred_masks: torch.Tensor, target_masks: torch.Tensor) ->
         h, w, H, W, n_row_blocks,
         *pred_masks.stride(), *target.stride(),
         h / H, w / W, FOCAL_ALPHA,
-        BLOCK_Y=_FWD_BLOCK_Y, BLOCK_X=_FWD_BLOCK_X, num_warps=_FWD_WARPS,
+        **blocks.kwargs(),
     )
     return partial.sum(1)
 
@@ -270,20 +303,21 @@ def _backward_fake(pred_masks, target_masks, coef):
 
 
 @launcher_op("mask_losses_bwd", _backward_fake)
-def mask_losses_backward(pred_masks: torch.Tensor, target_masks: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+def mask_losses_backward(pred_masks: torch.Tensor, target_masks: torch.Tensor, coef: torch.Tensor,
+                         config: Optional[MaskLossesConfig] = None) -> torch.Tensor:
     """grad wrt pred_masks [M, h, w] (pred dtype), given the per-mask coefficients [M, 3]."""
     M, h, w = pred_masks.shape
     H, W = target_masks.shape[1:]
+    blocks = (pick(pred_masks.shape, pred_masks.dtype) if config is None else config).backward
     grad = torch.empty((M, h, w), dtype=pred_masks.dtype, device=pred_masks.device)
     target = _readable_target(target_masks)
-    grid = (M, triton.cdiv(h, _BWD_BLOCK_I), triton.cdiv(w, _BWD_BLOCK_J))
+    grid = (M, triton.cdiv(h, blocks.BLOCK_I), triton.cdiv(w, blocks.BLOCK_J))
     _mask_losses_bwd_kernel[grid](
         pred_masks, target, coef.contiguous(), grad,
         h, w, H, W,
         *pred_masks.stride(), *target.stride(),
         h / H, w / W, H / h, W / w, FOCAL_ALPHA,
-        BLOCK_I=_BWD_BLOCK_I, BLOCK_J=_BWD_BLOCK_J, CHUNK=_BWD_CHUNK, num_warps=_BWD_WARPS,
-        num_stages=_BWD_STAGES,
+        **blocks.kwargs(),
     )
     return grad
 
@@ -341,30 +375,20 @@ def mask_losses(
     return MaskLossesFunction.apply(pred_masks, target_masks, num_masks)
 
 
-def _compile_configs():
-    """Forward and backward kernels for each logits dtype and the two target kinds."""
-    configs = []
-    for pred_dtype, target_dtype in (("fp32", "u8"), ("bf16", "u8"), ("fp16", "fp32")):
-        common = {"pred_ptr": f"*{pred_dtype}", "target_ptr": f"*{target_dtype}"}
-        ints = {name: "i32" for name in ("h", "w", "H", "W")}
-        strides = {f"stride_{t}{d}": "i32" for t in "pt" for d in "myx"}
-        configs.append(CompileConfig(_mask_losses_fwd_kernel, {
-            **common, "partial_ptr": "*fp32", **ints, "n_row_blocks": "i32", **strides,
-            "scale_y": "fp32", "scale_x": "fp32", "alpha": "fp32",
-            "BLOCK_Y": "constexpr", "BLOCK_X": "constexpr",
-        }, {"BLOCK_Y": _FWD_BLOCK_Y, "BLOCK_X": _FWD_BLOCK_X}, num_warps=_FWD_WARPS))
-        configs.append(CompileConfig(_mask_losses_bwd_kernel, {
-            **common, "coef_ptr": "*fp32", "grad_ptr": f"*{pred_dtype}", **ints, **strides,
-            "scale_y": "fp32", "scale_x": "fp32", "inv_scale_y": "fp32", "inv_scale_x": "fp32", "alpha": "fp32",
-            "BLOCK_I": "constexpr", "BLOCK_J": "constexpr", "CHUNK": "constexpr",
-        }, {"BLOCK_I": _BWD_BLOCK_I, "BLOCK_J": _BWD_BLOCK_J, "CHUNK": _BWD_CHUNK},
-            num_warps=_BWD_WARPS, num_stages=_BWD_STAGES))
-    # what a launch on contiguous masks compiles (bf16 logits, bool targets): Triton specialises
-    # the unit column strides
-    unit = {"stride_px": 1, "stride_tx": 1}
-    configs += [CompileConfig(c.fn, {**c.signature, **dict.fromkeys(unit, "constexpr")}, {**c.constexprs, **unit},
-                              c.num_warps, c.num_stages) for c in configs[2:4]]
-    return configs
+def _compile_examples():
+    """(config name, launch) pairs: forward and backward of the criterion's matched masks on meta
+    tensors, 128^2 logits against 512^2 targets, contiguous (unit column strides), per logits /
+    target dtype pair the kernels' loads distinguish; plus logits read through a transpose."""
+    M, h, w, scale = 64, 128, 128, 4
+    coef = torch.empty(M, 3, device="meta")
+    for pred_dtype, target_dtype in ((torch.float32, torch.bool), (torch.bfloat16, torch.bool),
+                                     (torch.float16, torch.float32), (torch.float32, "transposed")):
+        pred = torch.empty(M, h, w, dtype=pred_dtype, device="meta")
+        if target_dtype == "transposed":
+            pred, target_dtype = pred.transpose(1, 2), torch.bool
+        target = torch.empty(M, h * scale, w * scale, dtype=target_dtype, device="meta")
+        yield "default", partial(mask_losses_forward, pred, target, config=CONFIGS["default"])
+        yield "default", partial(mask_losses_backward, pred, target, coef, config=CONFIGS["default"])
 
 
-COMPILE_CONFIGS = _compile_configs()
+COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

@@ -60,8 +60,8 @@ def _check(q, k, v, ignore=None, scale=None, rtol=1e-10, atol=1e-10):
 def launch_config(request, monkeypatch):
     """Run float64 through either block table: "half" is what fp16 / bf16 get on the GPU."""
     if request.param == "half":
-        table = attn._launch_config
-        monkeypatch.setattr(attn, "_launch_config", lambda d, dtype, backward: table(d, torch.bfloat16, backward))
+        table = attn.pick
+        monkeypatch.setattr(attn, "pick", lambda shape, dtype: table(shape, torch.bfloat16))
     return request.param
 
 

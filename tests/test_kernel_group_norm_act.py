@@ -22,6 +22,8 @@ SHAPES = [
     (1, 12, 4, 5, 1),
     (2, 12, 3, 5, 4),
 ]
+# Small enough that the SHAPES-sized groups take the two-phase path (64-element chunks).
+TWO_PHASE = gn.GroupNormConfig(one_pass_max=32, chunk=64)
 
 
 
@@ -29,8 +31,7 @@ SHAPES = [
 @pytest.fixture
 def two_phase(monkeypatch):
     """Shrink the one-pass limit and chunk size so small groups take the two-phase path."""
-    monkeypatch.setattr(gn, "ONE_PASS_MAX", 32)
-    monkeypatch.setattr(gn, "CHUNK", 64)
+    monkeypatch.setattr(gn, "pick", lambda shape, dtype: TWO_PHASE)
 
 
 def group_norm_act64(x, num_groups, weight, bias, eps=1e-5, activation="relu"):
@@ -76,22 +77,22 @@ def _check_forward_backward(shape, activation="relu", channels_last=False, affin
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("activation", ["relu", "none"])
 def test_one_pass_matches_reference(shape, activation):
-    assert gn._Schedule(shape[1] // shape[4], shape[2] * shape[3]).one_pass
+    assert gn._Schedule(shape[1] // shape[4], shape[2] * shape[3], gn.CONFIGS["default"]).one_pass
     _check_forward_backward(shape, activation)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7, 2), (1, 6, 1, 37, 3), (2, 12, 9, 11, 4), (1, 64, 2, 3, 2)], ids=str)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_two_phase_matches_reference(two_phase, shape, channels_last):
-    s = gn._Schedule(shape[1] // shape[4], shape[2] * shape[3])
+    s = gn._Schedule(shape[1] // shape[4], shape[2] * shape[3], TWO_PHASE)
     assert not s.one_pass and s.num_chunks > 1
     _check_forward_backward(shape, "relu", channels_last)
 
 
 @pytest.mark.parametrize("shape, one_pass", [((1, 16, 30, 30, 2), True), ((1, 16, 45, 50, 2), False)], ids=str)
 def test_default_limits_at_the_model_group_width(shape, one_pass):
-    # 8 channels a group as in the model, with the shipped ONE_PASS_MAX / CHUNK (512-pixel chunks)
-    s = gn._Schedule(shape[1] // shape[4], shape[2] * shape[3])
+    # 8 channels a group as in the model, with the shipped config (512-pixel chunks)
+    s = gn._Schedule(shape[1] // shape[4], shape[2] * shape[3], gn.pick(shape[:4], torch.float32))
     assert s.one_pass == one_pass and (one_pass or s.num_chunks == 5)
     _check_forward_backward(shape, "relu", channels_last=not one_pass)
 
@@ -127,8 +128,7 @@ def test_float32_statistics_close_to_float64():
     for path in ("one_pass", "two_phase"):
         with pytest.MonkeyPatch.context() as mp:
             if path == "two_phase":
-                mp.setattr(gn, "ONE_PASS_MAX", 32)
-                mp.setattr(gn, "CHUNK", 64)
+                mp.setattr(gn, "pick", lambda shape, dtype: TWO_PHASE)
             got = gn.group_norm_act(x.float(), G, w.float(), b.float())
         assert got.dtype == torch.float32
         assert_close_verbose(got, want, rtol=1e-5, atol=3e-5, name=path)

@@ -1,14 +1,16 @@
-"""Every Triton kernel in ``kernels/`` compiles for sm_90 and sm_80, at every registered config.
+"""Every Triton kernel in ``kernels/`` compiles for sm_90 and sm_80, at every launch configuration.
 
 The interpreter is lenient (``tl.dot`` on 8x8 blocks runs interpreted but does not compile),
 so the kernels are also compiled for real GPUs here, without one.
 
 Convention (for every kernel module ``kernels/<name>.py``, names starting with "_" excluded):
-the module exposes ``COMPILE_CONFIGS``, a non-empty list of
-``maskformer_fast.kernels._settings.CompileConfig(fn, signature, constexprs, num_warps,
-num_stages)`` covering each block configuration / dtype its launcher can pick. ``signature``
-names every argument of ``fn`` with its Triton type ("*fp32", "i32", ... and "constexpr"
-for constexpr arguments, whose values are in ``constexprs``).
+the module has a ``CONFIGS`` table and ``COMPILE_CONFIGS``, made by
+``maskformer_fast.kernels._settings.compile_configs`` from recorded example launches on meta
+tensors: ``CompileConfig(config, fn, signature, constexprs, attrs, num_warps, num_stages,
+launch)``, typed as the JIT types that launch (unit strides as constexpr 1, the divisibility-16
+hints in ``attrs``), so the registers reported are those of the kernel a real launch runs.
+The tests check that the configs cover exactly ``CONFIGS`` and that each signature, constexpr
+set and hint set equals what Triton's own JIT binder derives from the same arguments.
 
 Each config must also fit the arch's shared memory (a larger one compiles, then fails at
 launch). Compilation runs in a subprocess without TRITON_INTERPRET (tests/conftest.py sets it, and
@@ -73,10 +75,11 @@ def compile_module(name: str, archs=ARCHS) -> list:
         shown = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in cfg.constexprs.items()}
         for arch in archs:
             first_pointer = next((t[1:] for t in cfg.signature.values() if t.startswith("*")), "-")
-            row = {"module": name, "kernel": cfg.fn.__name__, "arch": arch, "dtype": first_pointer,
+            row = {"module": name, "config": cfg.config, "kernel": cfg.fn.__name__, "arch": arch,
+                   "dtype": first_pointer,
                    "constexprs": shown, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             try:
-                src = ASTSource(fn=cfg.fn, signature=cfg.signature, constexprs=cfg.constexprs)
+                src = ASTSource(fn=cfg.fn, signature=cfg.signature, constexprs=cfg.constexprs, attrs=cfg.attrs)
                 compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
                 row["dynamic_shared"] = compiled.metadata.shared
@@ -91,18 +94,57 @@ def compile_module(name: str, archs=ARCHS) -> list:
     return results
 
 
-def _compile_in_subprocess(name: str) -> list:
+def binder_mismatches(name: str) -> list:
+    """Configs of kernels/<name>.py whose signature, constexprs or hints differ from what Triton's
+    JIT binder (the code a launch runs, for an sm_90 target) derives from the recorded launch."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    module = importlib.import_module(f"maskformer_fast.kernels.{name}")
+    mismatches = []
+    for cfg in module.COMPILE_CONFIGS:
+        args, kwargs = cfg.launch
+        binder = create_function_from_signature(cfg.fn.signature, cfg.fn.params, backend)
+        bound, specialization, _ = binder(*args, **kwargs)
+        names = [p.name for p in cfg.fn.params]
+        want = ({n: s[0] for n, s in zip(names, specialization)},
+                {n: bound[n] for n, s in zip(names, specialization) if s[0] == "constexpr"},
+                {(i,): backend.parse_attr(s[1]) for i, s in enumerate(specialization)
+                 if isinstance(s[1], str) and backend.parse_attr(s[1])})
+        got = (cfg.signature, cfg.constexprs, cfg.attrs)
+        if repr(got) != repr(want):
+            mismatches.append(f"{cfg.fn.__name__} ({cfg.config}): {got} != JIT {want}")
+    return mismatches
+
+
+def _run_in_subprocess(name: str, mode: str = "--json"):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, __file__, "--json", name], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, __file__, mode, name], capture_output=True, text=True, env=env,
                           cwd=str(KERNEL_DIR.parent))
-    assert proc.returncode == 0, f"compile subprocess for {name} failed:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{mode} subprocess for {name} failed:\n{proc.stderr[-4000:]}"
     return json.loads(proc.stdout)
 
 
 @pytest.mark.parametrize("module", kernel_module_names())
+def test_compile_configs_cover_exactly_the_configs_table(module):
+    from maskformer_fast.kernels._settings import FIXED_LAUNCH
+
+    kernel_module = importlib.import_module(f"maskformer_fast.kernels.{module}")
+    compiled = {cfg.config for cfg in kernel_module.COMPILE_CONFIGS} - {FIXED_LAUNCH}
+    assert compiled == set(kernel_module.CONFIGS)
+
+
+@pytest.mark.parametrize("module", kernel_module_names())
+def test_compile_signatures_match_the_jit_binder(module):
+    assert _run_in_subprocess(module, "--binder") == []
+
+
+@pytest.mark.parametrize("module", kernel_module_names())
 def test_kernel_module_compiles_for_sm90_and_sm80(module):
-    results = _compile_in_subprocess(module)
+    results = _run_in_subprocess(module)
     errors = [r for r in results if "error" in r]
     assert not errors, "\n".join(f"{r.get('kernel')} sm_{r.get('arch')} {r.get('constexprs')}: {r['error']}"
                                  for r in errors)
@@ -118,22 +160,25 @@ def test_kernel_module_compiles_for_sm90_and_sm80(module):
 
 
 def _table(rows: list) -> str:
-    lines = ["| kernel | dtype | constexprs | warps | arch | regs | stack B | shared B |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | config | dtype | constexprs | warps | arch | regs | stack B | shared B |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('dtype')} | {r.get('constexprs')} | | "
+            lines.append(f"| {r.get('kernel', r['module'])} | {r.get('config')} | {r.get('dtype')} | "
+                         f"{r.get('constexprs')} | | "
                          f"{r.get('arch')} | FAILED: {r['error'][:80]} | | |")
             continue
         cx = ", ".join(f"{k}={v}" for k, v in r["constexprs"].items())
-        lines.append(f"| {r['kernel']} | {r['dtype']} | {cx} | {r['num_warps']} | sm_{r['arch']} | "
+        lines.append(f"| {r['kernel']} | {r['config']} | {r['dtype']} | {cx} | {r['num_warps']} | sm_{r['arch']} | "
                      f"{r.get('reg')} | {r.get('stack')} | {r['dynamic_shared'] + r.get('shared', 0)} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    as_json = "--json" in args
     names = [a for a in args if not a.startswith("--")] or kernel_module_names()
-    rows = [row for name in names for row in compile_module(name)]
-    print(json.dumps(rows) if as_json else _table(rows))
+    if "--binder" in args:
+        print(json.dumps([m for name in names for m in binder_mismatches(name)]))
+    else:
+        rows = [row for name in names for row in compile_module(name)]
+        print(json.dumps(rows) if "--json" in args else _table(rows))
