@@ -20,15 +20,17 @@ Problem ``b`` is ``cost[b, :, :num_cols[b]]``; when it has more rows than valid 
 solved transposed (strides swapped), as scipy does. Status per problem: 0 solved,
 1 infeasible (+inf blocks every complete matching), 2 NaN or -inf entry.
 """
-from typing import List
+import os
+from typing import List, Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from ..reference import column_counts
 from ._settings import CompileConfig, compile_config, next_power_of_2
 
-__all__ = ["linear_sum_assignment_gpu", "COMPILE_CONFIGS"]
+__all__ = ["linear_sum_assignment", "unsupported", "linear_sum_assignment_gpu", "COMPILE_CONFIGS"]
 
 STATUS_OK, STATUS_INFEASIBLE, STATUS_INVALID = 0, 1, 2
 NO_COLUMN: tl.constexpr = tl.constexpr(2**30)  # "no column yet" in the column-reduction scratch
@@ -188,8 +190,6 @@ def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> tor
     if B == 0 or N == 0 or M == 0:
         return out
     block = next_power_of_2(max(N, M))
-    if block > MAX_BLOCK:
-        raise ValueError(f"gpu matching supports up to {MAX_BLOCK} rows or columns, got [{N}, {M}]")
     num_cols = num_cols.to(dtype=torch.int32)
     if device.type == "cuda" and num_cols.device.type == "cpu":
         # A copy from pageable memory would first wait for the stream (the costs' kernels);
@@ -211,6 +211,27 @@ def linear_sum_assignment_gpu(cost: torch.Tensor, num_cols: torch.Tensor) -> tor
             if int(status[b]) == STATUS_INFEASIBLE else "contains NaN or -inf"
         raise ValueError(f"cost matrix {b} {what}")
     return out
+
+
+def unsupported(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the Triton solver cannot run this call (None: it can)."""
+    if cost.dim() != 3:
+        return f"the Triton matcher solves a batch [B, N, M], got shape {tuple(cost.shape)}"
+    if cost.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the Triton matcher needs a CUDA tensor (or TRITON_INTERPRET=1), got one on {cost.device}"
+    N, M = cost.shape[1:]
+    if next_power_of_2(max(N, M, 1)) > MAX_BLOCK:
+        return f"the Triton matcher solves up to {MAX_BLOCK} rows or columns, got [{N}, {M}]"
+    return None
+
+
+def linear_sum_assignment(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The Triton kernel of ``maskformer_fast.reference.linear_sum_assignment`` (same arguments
+    and result); ``linear_sum_assignment_gpu`` is its launcher."""
+    reason = unsupported(cost, num_cols)
+    if reason is not None:
+        raise ValueError(reason)
+    return linear_sum_assignment_gpu(cost.detach(), column_counts(cost, num_cols))
 
 
 def _compile_configs() -> List[CompileConfig]:
