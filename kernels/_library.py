@@ -8,13 +8,14 @@ of the graph, in forward and, called from an ``autograd.Function``'s backward, i
 Outside tracing the launcher runs directly: the dispatcher's per-call overhead buys nothing
 in eager mode, where the decoder makes dozens of small attention and GroupNorm calls.
 """
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 
-__all__ = ["launcher_op"]
+__all__ = ["launcher_op", "LAUNCHERS"]
 
 NAMESPACE = "maskformer_fast"
+LAUNCHERS: Dict[str, Callable] = {}  # name -> launcher, every one registered (opcheck covers them all)
 
 
 def launcher_op(name: str, fake: Callable) -> Callable[[Callable], Callable]:
@@ -30,5 +31,6 @@ def launcher_op(name: str, fake: Callable) -> Callable[[Callable], Callable]:
 
         call.op = op
         call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+        LAUNCHERS[name] = call
         return call
     return register
