@@ -14,8 +14,7 @@ Choice per call, in order:
 - "fast": the best kernel for the device of the op's first tensor: the one built for it (the
   C++ matcher for CPU tensors), else the Triton kernel, which on CPU tensors needs
   ``TRITON_INTERPRET=1`` (how the tests run the kernels without a GPU). A call the kernel does
-  not support raises its reason. ``ops.use("fast", kernel="triton")`` restricts the choice
-  to the kernels of that name (the Triton matcher on CPU tensors, for tests).
+  not support raises its reason.
 - "auto": the kernel built for the device where its ``unsupported(...)`` finds nothing to
   refuse, the reference otherwise (CPU tensors: the C++ matcher, the other references).
 
@@ -28,7 +27,7 @@ import os
 import threading
 import warnings
 from types import ModuleType
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional
 
 import torch
 
@@ -48,28 +47,21 @@ def _check_mode(mode: str, where: str = "ops mode") -> str:
     return mode
 
 
-def _current() -> Tuple[str, Optional[str]]:
+def current_mode() -> str:
     stack = getattr(_state, "stack", None)
     if stack:
         return stack[-1]
-    return _check_mode(os.environ.get(ENV_VAR, "auto"), ENV_VAR), None
-
-
-def current_mode() -> str:
-    return _current()[0]
+    return _check_mode(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
 
 
 @contextlib.contextmanager
-def use(mode: str, kernel: Optional[str] = None) -> Iterator[None]:
-    """Force the implementation of every hot op inside the block: "eager", "fast" or "auto";
-    ``kernel`` (with "fast" only) picks the kernels of that name ("triton", "cpp")."""
+def use(mode: str) -> Iterator[None]:
+    """Force the implementation of every hot op inside the block: "eager", "fast" or "auto"."""
     _check_mode(mode)
-    if kernel is not None and mode != "fast":
-        raise ValueError(f"ops.use: kernel={kernel!r} goes with mode 'fast', got {mode!r}")
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
-    stack.append((mode, kernel))
+    stack.append(mode)
     try:
         yield
     finally:
@@ -115,25 +107,22 @@ def _device_type(args) -> str:
     return "cpu"
 
 
-def _candidate(spec: OpSpec, device: str, mode: str, only: Optional[str]) -> Optional[Kernel]:
+def _candidate(spec: OpSpec, device: str, mode: str) -> Optional[Kernel]:
     """The kernel built for ``device``; under "fast" else the first one (Triton, interpreted on CPU)."""
-    kernels = [k for k in spec.kernels if only is None or k.name == only]
-    for k in kernels:
+    for k in spec.kernels:
         if k.device == device:
             return k
-    return kernels[0] if mode == "fast" and kernels else None
+    return spec.kernels[0] if mode == "fast" else None
 
 
 def resolve(op: str, *args, **kwargs):
     """The function that will run ``op(*args, **kwargs)``: its reference or a kernel."""
     spec = OPS[op]
-    mode, only = _current()
+    mode = current_mode()
     if mode == "eager":
         return spec.reference()
-    kernel = _candidate(spec, _device_type(args), mode, only)
+    kernel = _candidate(spec, _device_type(args), mode)
     if kernel is None:
-        if mode == "fast":
-            raise ValueError(f"ops.use('fast', kernel={only!r}): {op} has no such kernel")
         return spec.reference()
     module = _load(kernel)
     if module is None:

@@ -20,7 +20,7 @@ __all__ = ["Kernel", "Example", "OpSpec", "OPS", "register"]
 class Kernel:
     """One implementation of an op, found as ``getattr(load(), function)`` at call time.
 
-    name: "triton" or "cpp" (what ``ops.use("fast", kernel=...)`` selects); device: the device
+    name: "triton" or "cpp"; device: the device
     type it is built for ("cuda" for Triton, which also runs CPU tensors under
     TRITON_INTERPRET=1; "cpu" for C++); load: returns the module holding ``function`` and
     ``unsupported``, raising ImportError where it cannot be imported. It must be an import
