@@ -18,8 +18,7 @@ import maskformer_fast as mf
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE_STEPS = {"versions", "install", "peer_matcher", "ext", "import_check", "bench_model", "gpu_tests",
-               "bench_group_norm_act", "bench_attention", "bench_mask_costs", "bench_mask_losses", "bench_matching",
-               "parity_fp32", "parity_bf16", "device_tests"}
+               "parity_fp32", "parity_bf16", "device_tests", *(spec.benchmark for spec in mf.ops.OPS.values())}
 
 
 @pytest.fixture

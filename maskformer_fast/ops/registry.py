@@ -52,6 +52,8 @@ class OpSpec:
     """A hot op: its name, its kernels in order of preference, and example inputs.
 
     example(device) -> Example: the op called through ``maskformer_fast.ops``.
+    benchmark: the script ``benchmarks/<benchmark>.py`` timing the op's kernels against its
+    reference (``benchmarks/gpu_suite.sh`` runs one per op).
     launcher_examples(device) -> {custom-op name: (launcher, args)}: each launcher the kernels
     register as a torch custom op (``kernels/_library.py``), for ``torch.library.opcheck``.
     not_compiled: why the op is not traced into a torch.compile graph (None: it is).
@@ -61,6 +63,7 @@ class OpSpec:
     name: str
     kernels: Tuple[Kernel, ...]
     example: Callable[[str], Example]
+    benchmark: str
     launcher_examples: Callable[[str], Dict[str, Tuple[Callable, tuple]]] = _no_launchers
     not_compiled: Optional[str] = None
 

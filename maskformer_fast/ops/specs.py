@@ -49,7 +49,7 @@ def _group_norm_act_launchers(device):
 
 
 GROUP_NORM_ACT = OpSpec("group_norm_act", (Kernel("triton", "cuda", _group_norm_act_module, "group_norm_act"),),
-                        _group_norm_act_example, _group_norm_act_launchers)
+                        _group_norm_act_example, "bench_group_norm_act", _group_norm_act_launchers)
 
 
 # ------------------------------------------------------------------ attention
@@ -79,7 +79,7 @@ def _attention_launchers(device):
 
 
 ATTENTION = OpSpec("attention", (Kernel("triton", "cuda", _attention_module, "attention"),),
-                   _attention_example, _attention_launchers)
+                   _attention_example, "bench_attention", _attention_launchers)
 
 
 # ------------------------------------------------------------------ mask_costs
@@ -100,7 +100,7 @@ def _mask_costs_launchers(device):
 
 
 MASK_COSTS = OpSpec("mask_costs", (Kernel("triton", "cuda", _mask_costs_module, "mask_costs"),),
-                    _mask_costs_example, _mask_costs_launchers)
+                    _mask_costs_example, "bench_mask_costs", _mask_costs_launchers)
 
 
 # ------------------------------------------------------------------ mask_losses
@@ -122,7 +122,7 @@ def _mask_losses_launchers(device):
 
 
 MASK_LOSSES = OpSpec("mask_losses", (Kernel("triton", "cuda", _mask_losses_module, "mask_losses"),),
-                     _mask_losses_example, _mask_losses_launchers)
+                     _mask_losses_example, "bench_mask_losses", _mask_losses_launchers)
 
 
 # ------------------------------------------------------------------ linear_sum_assignment
@@ -146,7 +146,7 @@ LINEAR_SUM_ASSIGNMENT = OpSpec(
     "linear_sum_assignment",
     (Kernel("triton", "cuda", _hungarian_module, "linear_sum_assignment"),
      Kernel("cpp", "cpu", _cpp_matcher_module, "cpp_linear_sum_assignment", "cpp_unsupported")),
-    _linear_sum_assignment_example,
+    _linear_sum_assignment_example, "bench_matching",
     not_compiled="one host sync by design (the infeasibility status); the criterion that runs it is not compiled")
 
 SPECS = (GROUP_NORM_ACT, ATTENTION, MASK_COSTS, MASK_LOSSES, LINEAR_SUM_ASSIGNMENT)
