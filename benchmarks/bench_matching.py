@@ -8,14 +8,14 @@ Two parts, at the shapes of one training step at batch 16 (6 decoder layers x 16
 
 assignment   the solver alone on a ready [96, 100, K] float32 cost tensor:
   scipy loop        scipy.optimize.linear_sum_assignment per problem (the official way)
-  cpu C++ 1 thread  matching backend "cpu" with torch.set_num_threads(1)
-  cpu C++           matching backend "cpu" on all intra-op threads
-  gpu Triton        matching backend "gpu" (CUDA only), costs already on the device
+  cpu C++ 1 thread  the C++ solver (ops.use("fast") on CPU costs) with torch.set_num_threads(1)
+  cpu C++           the C++ solver on all intra-op threads
+  gpu Triton        the Triton solver (ops.use("fast") on CUDA costs), costs already on the device
   torch-linear-assignment   its batch_linear_assignment, when that package is installed (CUDA)
 matcher step the whole matcher: cost matrices + assignment, for every layer and image
   official          per (layer, image): focal/dice/class costs on the device, .cpu(), scipy
   ours              ops.mask_costs on all layers at once, one linear_sum_assignment ("auto")
-  ours, cpu solver  the same costs, solved by backend "cpu" (one device-to-host copy)
+  ours, cpu solver  the same costs, copied to the host (one copy) and solved by the C++ solver
 Masks are --size square (default 128, the stride-4 map of a 512 crop; 32 without CUDA).
 """
 import argparse
@@ -64,17 +64,33 @@ def torch_linear_assignment():
     return batch_linear_assignment
 
 
+def solve_fast(cost, num_cols=None):
+    """The kernel for cost's device: the C++ solver for CPU costs, the Triton one for CUDA costs."""
+    with ops.use("fast"):
+        return matching.linear_sum_assignment(cost, num_cols)
+
+
+def cpp_built() -> bool:
+    return matching.cpp_unsupported(torch.empty(1, 1, 1)) is None
+
+
+def solver_name(device) -> str:
+    """The function "auto" runs the matcher with for costs on device."""
+    fn = ops.resolve("linear_sum_assignment", torch.empty(1, 1, 1, device=device))
+    return f"{fn.__module__}.{fn.__name__}"
+
+
 def assignment_cases(problems, queries, K, cuda):
     """{impl: fn} solving one [problems, queries, K] float32 cost tensor."""
     cost = torch.rand(problems, queries, K, generator=torch.Generator().manual_seed(K))
     cases = {"scipy loop": lambda: scipy_loop(cost)}
-    if "cpu" in matching.available_backends():
-        solve_cpu = lambda: matching.linear_sum_assignment(cost, backend="cpu")  # noqa: E731
+    if cpp_built():
+        solve_cpu = lambda: solve_fast(cost)  # noqa: E731
         cases["cpu C++ 1 thread"] = single_threaded(solve_cpu)
         cases[f"cpu C++ {torch.get_num_threads()} threads"] = solve_cpu
     if cuda:
         on_device = cost.cuda()
-        cases["gpu Triton"] = lambda: matching.linear_sum_assignment(on_device, backend="gpu")
+        cases["gpu Triton"] = lambda: solve_fast(on_device)
         tla = torch_linear_assignment()
         if tla is not None:
             cases["torch-linear-assignment"] = lambda: tla(on_device)
@@ -104,15 +120,16 @@ def official_step(logits, masks, labels, targets, layers):
     return out
 
 
-def batched_step(logits, masks, labels, targets, layers, backend):
-    """Our matcher: all layers' costs in one ops.mask_costs call, one assignment call."""
+def batched_step(logits, masks, labels, targets, layers, on_host=False):
+    """Our matcher: all layers' costs in one ops.mask_costs call, one assignment call ("auto";
+    on_host: the costs copied to the host first, for the C++ solver)."""
     images, LQ, K = masks.shape[0], masks.shape[1], targets.shape[1]
     num_targets = torch.full((images,), K, dtype=torch.int64)
     focal, dice = ops.mask_costs(masks, targets, num_targets.to(masks.device))
     class_cost = -logits.softmax(-1).gather(2, labels[:, None, :].expand(-1, LQ, -1))
     cost = MASK_WEIGHT * focal + CLASS_WEIGHT * class_cost + DICE_WEIGHT * dice
     cost = cost.view(images, layers, LQ // layers, K).transpose(0, 1).reshape(layers * images, LQ // layers, K)
-    return matching.linear_sum_assignment(cost, num_targets.repeat(layers), backend=backend)
+    return matching.linear_sum_assignment(cost.cpu() if on_host else cost, num_targets.repeat(layers))
 
 
 def main(argv=None):
@@ -146,16 +163,16 @@ def main(argv=None):
         label = f"B={args.images} L={args.layers} Q={args.queries} K={K} {size}x{size} fp32"
         inputs = step_inputs(args.images, args.layers, args.queries, K, size, device)
         cases = {"official": lambda: official_step(*inputs, args.layers),
-                 "ours": lambda: batched_step(*inputs, args.layers, "auto")}
-        if cuda and "cpu" in matching.available_backends():
-            cases["ours, cpu solver"] = lambda: batched_step(*inputs, args.layers, "cpu")
+                 "ours": lambda: batched_step(*inputs, args.layers)}
+        if cuda and cpp_built():
+            cases["ours, cpu solver"] = lambda: batched_step(*inputs, args.layers, on_host=True)
         part = []
         for impl, fn in cases.items():
             progress("bench_matching", f"matcher step {label}: {impl}")
             part.append(measure("matcher step", impl, label, synchronized(fn)))
         for row in part[1:]:
             row.extra["vs official"] = f"{part[0].ms / row.ms:.1f}x"
-        part[1].extra["solver"] = matching.resolve_backend("auto", torch.device(device))
+        part[1].extra["solver"] = solver_name(device)
         rows += part
     report(rows, args.json)
 

@@ -18,7 +18,7 @@ Inference is timed at each of ``--batches`` (default 1 and 4 on a CPU, 1 and 16 
 ``--train-size``. Each row gives img/s, the speedup over eager (and over HF), peak memory (CUDA
 allocator; on a CPU the process's resident high-water mark) and how far the final outputs are
 from eager's. On a CPU the engines take turns, call by call, for ``--repeats`` rounds (machine
-drift reaches all alike); on CUDA each row is triton's do_bench. On CUDA the fast engines run ``ops.use("triton")`` and a speedup is only written
+drift reaches all alike); on CUDA each row is triton's do_bench. On CUDA the fast engines run ``ops.use("fast")`` and a speedup is only written
 where every hot op ran its kernel ("auto" would fall back to the references if the kernels did
 not import, and time eager twice); the rows record which implementation each op ran.
 
@@ -48,7 +48,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import Row, device_name, peak_memory_mib, report, time_fn  # noqa: E402
 from benchmarks.table import dict_table, markdown_table  # noqa: E402
 
-HOT_OPS = ("group_norm_act", "attention", "mask_costs", "mask_losses")
+HOT_OPS = tuple(mf.ops.OPS)
 OUTPUTS = (("pred_logits", "class_queries_logits"), ("pred_masks", "masks_queries_logits"))
 
 
@@ -238,7 +238,7 @@ def fast_engine(work, compile=False):
     trainable = not compile or work.cuda
     train = mf.optimize(copy.deepcopy(work.model).train(), compile=compile, inference=False) if trainable else None
     engine = Engine(name, infer, work.our_train_step(train) if train is not None else None,
-                    "triton" if work.cuda else "auto")
+                    "fast" if work.cuda else "auto")
     if not trainable:
         engine.skipped["train_step"] = "compiling the training graph takes minutes on a CPU: CUDA only"
     return engine
@@ -497,10 +497,6 @@ def main(argv=None):
             key = next(k for k in engine_calls if k[0] == ("train_step" if cuda else "inference"))
             profile += top_ops(engine_calls[key], engine.name, cuda)
     add_speedups(rows, outputs, dispatch, cuda)
-    matcher = mf.matching.resolve_backend(work.model.criterion.matcher_backend, torch.device(work.device))
-    for row in rows:
-        if row.op == "train_step" and row.impl != "hf" and row.ms is not None:
-            row.extra["matcher"] = matcher
     records = [{"engine": e, "op": op, **c} for e, per_op in dispatch.items() for op, c in sorted(per_op.items())]
     meta = {"workload": work.label, "device": device_name(), "threads": torch.get_num_threads(),
             "date": time.strftime("%Y-%m-%d"), "hf": work.hf_reason or "same weights through from_hf"}

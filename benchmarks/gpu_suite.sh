@@ -165,11 +165,12 @@ wait_ext
 read -ra gpu_tests <<< "${SUITE_GPU_TESTS:--m gpu tests}"
 run_step gpu_tests 85 "GPU correctness tests (gpu-marked: kernels on CUDA vs eager, bf16/fp16, matcher, memory)" \
   $py -m pytest "${pytest_args[@]}" "${gpu_tests[@]}"
-bench bench_group_norm_act 20 benchmarks/bench_group_norm_act.py
-bench bench_attention 25 benchmarks/bench_attention.py
-bench bench_mask_costs 20 benchmarks/bench_mask_costs.py
-bench bench_mask_losses 25 benchmarks/bench_mask_losses.py
-bench bench_matching 25 benchmarks/bench_matching.py
+# one benchmark per registered op (maskformer_fast.ops.OPS: a new op's spec names its script)
+op_benches=$($py -c "import maskformer_fast as mf; print(*dict.fromkeys(s.benchmark for s in mf.ops.OPS.values()))") ||
+  note "the op registry does not import: no per-op benchmark runs"
+for id in $op_benches; do
+  bench "$id" 25 "benchmarks/$id.py"
+done
 # separate steps: a failing fp32 run must not cost the bf16 one
 for amp in none bf16; do
   name=parity_$([ "$amp" = none ] && echo fp32 || echo bf16)

@@ -13,13 +13,14 @@ Every launcher ends with a keyword ``config`` (a launch configuration of its mod
 torch.compile the launcher picks.
 """
 import inspect
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 
-__all__ = ["launcher_op"]
+__all__ = ["launcher_op", "LAUNCHERS"]
 
 NAMESPACE = "maskformer_fast"
+LAUNCHERS: Dict[str, Callable] = {}  # name -> launcher, every one registered (opcheck covers them all)
 
 
 def launcher_op(name: str, fake: Callable) -> Callable[[Callable], Callable]:
@@ -48,5 +49,6 @@ def launcher_op(name: str, fake: Callable) -> Callable[[Callable], Callable]:
 
         call.op = op
         call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+        LAUNCHERS[name] = call
         return call
     return register

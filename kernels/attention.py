@@ -44,7 +44,7 @@ import triton.language as tl
 from ._library import launcher_op
 from ._settings import FIXED_LAUNCH, LaunchConfig, compile_configs, config_name, tl_dtype
 
-__all__ = ["attention", "supports", "draw_seed", "dropout_keep_mask", "CONFIGS", "pick", "AttentionConfig",
+__all__ = ["attention", "unsupported", "draw_seed", "dropout_keep_mask", "CONFIGS", "pick", "AttentionConfig",
            "AttentionBlocks", "COMPILE_CONFIGS"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -377,33 +377,35 @@ class AttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def _check_inputs(q, k, v, key_padding_mask, dropout_p):
+def unsupported(q, k, v, key_padding_mask=None, scale=None, dropout_p=0.0) -> Optional[str]:
+    """Why the kernel cannot run this call (None: it can); ``attention`` raises it, ops falls back on it."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attention: q, k, v must be [B, h, L, d], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+        return (f"attention: q, k, v must be [B, h, L, d], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                f"{tuple(v.shape)}")
     B, H, Lq, d = q.shape
     if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != d:
-        raise ValueError(f"attention: k and v must be [{B}, {H}, Lk, {d}], got {tuple(k.shape)}, {tuple(v.shape)}")
+        return f"attention: k and v must be [{B}, {H}, Lk, {d}], got {tuple(k.shape)}, {tuple(v.shape)}"
     if q.numel() == 0 or k.numel() == 0:
-        raise ValueError(f"attention: empty input, q {tuple(q.shape)}, k {tuple(k.shape)}")
+        return f"attention: empty input, q {tuple(q.shape)}, k {tuple(k.shape)}"
     if d not in HEAD_DIMS:
-        raise ValueError(f"attention: head dim {d} not supported (one of {HEAD_DIMS})")
+        return f"attention: head dim {d} not supported (one of {HEAD_DIMS})"
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"attention: q, k, v must share a dtype in {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, "
-                         f"{v.dtype}")
+        return (f"attention: q, k, v must share a dtype in {SUPPORTED_DTYPES}, got {q.dtype}, {k.dtype}, "
+                f"{v.dtype}")
     if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool
                                          or tuple(key_padding_mask.shape) != (B, k.shape[2])):
-        raise ValueError(f"attention: key_padding_mask must be bool [{B}, {k.shape[2]}], got "
-                         f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+        return (f"attention: key_padding_mask must be bool [{B}, {k.shape[2]}], got "
+                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
     devices = {t.device for t in (q, k, v, key_padding_mask) if t is not None}
     if len(devices) > 1:
-        raise ValueError(f"attention: inputs on several devices {sorted(map(str, devices))}")
+        return f"attention: inputs on several devices {sorted(map(str, devices))}"
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"attention: dropout_p must be in [0, 1), got {dropout_p}")
+        return f"attention: dropout_p must be in [0, 1), got {dropout_p}"
     if q.dtype == torch.float64 and q.device.type != "cpu":
         # Triton 3.6 cannot compile these fp64 dots for sm_80/sm_90 ("fp64 don't support largeK
         # MMA"): fp64 is for checks through the interpreter; ops falls back to the reference
-        raise ValueError(f"attention: float64 runs only in the Triton interpreter (CPU tensors), got {q.device}")
+        return f"attention: float64 runs only in the Triton interpreter (CPU tensors), got {q.device}"
+    return None
 
 
 def attention(
@@ -421,21 +423,14 @@ def attention(
     1/sqrt(d); dropout_p in [0, 1) drops attention weights inside the kernels (Philox), with a
     seed drawn per call from q.device's generator. Returns contiguous [B, h, Lq, d] in q's dtype.
     """
-    _check_inputs(q, k, v, key_padding_mask, dropout_p)
+    reason = unsupported(q, k, v, key_padding_mask, scale, dropout_p)
+    if reason is not None:
+        raise ValueError(reason)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     ignore = None if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
     seed = draw_seed(q.device) if dropout_p > 0.0 else None
     q, k, v = (_unit_last_stride(t) for t in (q, k, v))
     return AttentionFunction.apply(q, k, v, ignore, scale, float(dropout_p), seed)
-
-
-def supports(q, k=None, v=None, key_padding_mask=None, dropout_p=0.0, **_) -> bool:
-    """Whether the kernel handles this call (else ops falls back to the reference)."""
-    try:
-        _check_inputs(q, k, v, key_padding_mask, dropout_p)
-    except ValueError:
-        return False
-    return True
 
 
 def _compile_examples():

@@ -38,7 +38,7 @@ import triton.language as tl
 from ._library import launcher_op
 from ._settings import block_and_warps, compile_configs, next_power_of_2, tl_dtype
 
-__all__ = ["group_norm_act", "supports", "CONFIGS", "pick", "GroupNormConfig", "COMPILE_CONFIGS"]
+__all__ = ["group_norm_act", "unsupported", "CONFIGS", "pick", "GroupNormConfig", "COMPILE_CONFIGS"]
 
 ACTIVATIONS = ("relu", "none")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -258,27 +258,29 @@ def _layout(x: torch.Tensor, num_groups: int, config: Optional[GroupNormConfig])
     return x, strides, _Schedule(C // num_groups, H * W, config), _acc_dtype(x)
 
 
-def _check_inputs(x, num_groups, weight, bias, eps, activation):
+def unsupported(x, num_groups, weight, bias, eps=1e-5, activation="relu") -> Optional[str]:
+    """Why the kernel cannot run this call (None: it can); ``group_norm_act`` raises it, ops falls back on it."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"group_norm_act: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        return f"group_norm_act: activation must be one of {ACTIVATIONS}, got {activation!r}"
     if x.dim() != 4:
-        raise ValueError(f"group_norm_act: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+        return f"group_norm_act: x must be [N, C, H, W], got shape {tuple(x.shape)}"
     if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"group_norm_act: x dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+        return f"group_norm_act: x dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}"
     if x.numel() == 0:
-        raise ValueError(f"group_norm_act: x is empty, shape {tuple(x.shape)}")
+        return f"group_norm_act: x is empty, shape {tuple(x.shape)}"
     C = x.shape[1]
     if num_groups <= 0 or C % num_groups:
-        raise ValueError(f"group_norm_act: {C} channels are not divisible into {num_groups} groups")
+        return f"group_norm_act: {C} channels are not divisible into {num_groups} groups"
     if C // num_groups > MAX_CHANNELS_PER_GROUP:
-        raise ValueError(f"group_norm_act: {C // num_groups} channels per group exceed {MAX_CHANNELS_PER_GROUP}")
+        return f"group_norm_act: {C // num_groups} channels per group exceed {MAX_CHANNELS_PER_GROUP}"
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (C,):
-            raise ValueError(f"group_norm_act: {name} must have shape ({C},), got {tuple(t.shape)}")
+            return f"group_norm_act: {name} must have shape ({C},), got {tuple(t.shape)}"
         if t is not None and t.device != x.device:
-            raise ValueError(f"group_norm_act: {name} is on {t.device}, x on {x.device}")
+            return f"group_norm_act: {name} is on {t.device}, x on {x.device}"
     if not eps > 0:
-        raise ValueError(f"group_norm_act: eps must be > 0, got {eps}")
+        return f"group_norm_act: eps must be > 0, got {eps}"
+    return None
 
 
 def _forward_fake(x, weight, bias, num_groups, eps, relu):
@@ -383,18 +385,15 @@ def group_norm_act(
     x: [N, C, H, W] contiguous or channels_last, fp32 / fp16 / bf16 (fp64 too, for checks);
     weight, bias: [C] or None. Returns y with x's shape, dtype and layout.
     """
-    _check_inputs(x, num_groups, weight, bias, eps, activation)
+    reason = unsupported(x, num_groups, weight, bias, eps, activation)
+    if reason is not None:
+        raise ValueError(reason)
     C = x.shape[1]
     if weight is None:
         weight = torch.ones(C, device=x.device, dtype=_acc_dtype(x))
     if bias is None:
         bias = torch.zeros(C, device=x.device, dtype=_acc_dtype(x))
     return GroupNormActFunction.apply(x, weight, bias, num_groups, float(eps), activation)
-
-
-def supports(x, weight=None, bias=None, activation="relu", **_) -> bool:
-    """Whether the kernel handles this call (else ops falls back to the reference)."""
-    return x.dim() == 4 and x.dtype in SUPPORTED_DTYPES and activation in ACTIVATIONS and x.numel() > 0
 
 
 def _compile_examples():

@@ -20,6 +20,7 @@ Problem ``b`` is ``cost[b, :, :num_cols[b]]``; when it has more rows than valid 
 solved transposed (strides swapped), as scipy does. Status per problem: 0 solved,
 1 infeasible (+inf blocks every complete matching), 2 NaN or -inf entry.
 """
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional, Tuple
@@ -28,9 +29,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference import column_counts
 from ._settings import LaunchConfig, compile_configs, config_name, next_power_of_2
 
-__all__ = ["linear_sum_assignment_gpu", "CONFIGS", "pick", "HungarianConfig", "COMPILE_CONFIGS"]
+__all__ = ["linear_sum_assignment", "unsupported", "linear_sum_assignment_gpu", "CONFIGS", "pick", "HungarianConfig",
+           "COMPILE_CONFIGS"]
 
 STATUS_OK, STATUS_INFEASIBLE, STATUS_INVALID = 0, 1, 2
 NO_COLUMN: tl.constexpr = tl.constexpr(2**30)  # "no column yet" in the column-reduction scratch
@@ -292,6 +295,27 @@ def _compile_examples():
         config = pick(cost.shape, dtype)
         block = next_power_of_2(max(cost.shape[1:]))
         yield config_name(CONFIGS, config), partial(_launch, cost, num_cols, block, config)
+
+
+def unsupported(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why the Triton solver cannot run this call (None: it can)."""
+    if cost.dim() != 3:
+        return f"the Triton matcher solves a batch [B, N, M], got shape {tuple(cost.shape)}"
+    if cost.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the Triton matcher needs a CUDA tensor (or TRITON_INTERPRET=1), got one on {cost.device}"
+    N, M = cost.shape[1:]
+    if next_power_of_2(max(N, M, 1)) > MAX_BLOCK:
+        return f"the Triton matcher solves up to {MAX_BLOCK} rows or columns, got [{N}, {M}]"
+    return None
+
+
+def linear_sum_assignment(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The Triton kernel of ``maskformer_fast.reference.linear_sum_assignment`` (same arguments
+    and result); ``linear_sum_assignment_gpu`` is its launcher."""
+    reason = unsupported(cost, num_cols)
+    if reason is not None:
+        raise ValueError(reason)
+    return linear_sum_assignment_gpu(cost.detach(), column_counts(cost, num_cols))
 
 
 COMPILE_CONFIGS = compile_configs(__name__, _compile_examples())

@@ -48,7 +48,7 @@ from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
 from ._library import launcher_op
 from ._settings import LaunchConfig, compile_configs, config_name, next_power_of_2
 
-__all__ = ["mask_costs", "supports", "CONFIGS", "pick", "MaskCostsConfig", "COMPILE_CONFIGS"]
+__all__ = ["mask_costs", "unsupported", "CONFIGS", "pick", "MaskCostsConfig", "COMPILE_CONFIGS"]
 
 assert FOCAL_GAMMA == 2.0, "the kernel squares (1 - p_t) explicitly: gamma is fixed at 2"
 
@@ -150,31 +150,27 @@ def _mask_costs_kernel(
     tl.store(dice_ptr + out_offs, tl.where(valid, dice, 0.0), mask=out_mask)
 
 
-def _check_inputs(pred_masks, target_masks, num_targets):
+def unsupported(pred_masks, target_masks, num_targets) -> Optional[str]:
+    """Why the kernel cannot run this call (None: it can); ``mask_costs`` raises it, ops falls back on it."""
     if pred_masks.dim() != 4 or target_masks.dim() != 4:
-        raise ValueError(f"mask_costs: pred_masks [B,Q,h,w] and target_masks [B,K,h,w] expected, got "
-                         f"{tuple(pred_masks.shape)} and {tuple(target_masks.shape)}")
+        return (f"mask_costs: pred_masks [B,Q,h,w] and target_masks [B,K,h,w] expected, got "
+                f"{tuple(pred_masks.shape)} and {tuple(target_masks.shape)}")
     B, _, h, w = pred_masks.shape
     if target_masks.shape[0] != B or target_masks.shape[-2:] != (h, w):
-        raise ValueError(f"mask_costs: target_masks {tuple(target_masks.shape)} do not match pred_masks "
-                         f"{tuple(pred_masks.shape)} in batch or pixel size")
+        return (f"mask_costs: target_masks {tuple(target_masks.shape)} do not match pred_masks "
+                f"{tuple(pred_masks.shape)} in batch or pixel size")
     if h * w == 0:
-        raise ValueError("mask_costs: masks have no pixels")
+        return "mask_costs: masks have no pixels"
     if not pred_masks.is_floating_point() or pred_masks.dtype == torch.float64:
-        raise ValueError(f"mask_costs: logits must be fp32, fp16 or bf16, got {pred_masks.dtype}")
+        return f"mask_costs: logits must be fp32, fp16 or bf16, got {pred_masks.dtype}"
     if target_masks.dtype not in (torch.bool, torch.uint8, torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"mask_costs: targets must be bool, uint8 or fp32/fp16/bf16, got {target_masks.dtype}")
+        return f"mask_costs: targets must be bool, uint8 or fp32/fp16/bf16, got {target_masks.dtype}"
     if num_targets.dim() != 1 or num_targets.numel() != B or num_targets.is_floating_point():
-        raise ValueError(f"mask_costs: num_targets must be an integer [{B}] tensor, got "
-                         f"{num_targets.dtype} {tuple(num_targets.shape)}")
+        return (f"mask_costs: num_targets must be an integer [{B}] tensor, got "
+                f"{num_targets.dtype} {tuple(num_targets.shape)}")
     if pred_masks.device != target_masks.device:
-        raise ValueError(f"mask_costs: pred_masks on {pred_masks.device}, target_masks on {target_masks.device}")
-
-
-def supports(pred_masks, target_masks, *args, **kwargs) -> bool:
-    """The dtypes the kernel reads; anything else runs the eager reference."""
-    return (pred_masks.dtype in (torch.float32, torch.float16, torch.bfloat16)
-            and target_masks.dtype in (torch.bool, torch.uint8, torch.float32, torch.float16, torch.bfloat16))
+        return f"mask_costs: pred_masks on {pred_masks.device}, target_masks on {target_masks.device}"
+    return None
 
 
 def _mask_costs_fake(pred_masks, target_masks, num_targets):
@@ -223,7 +219,9 @@ def mask_costs(
     pred_masks: logits [B, Q, h, w] (fp32/fp16/bf16); target_masks: {0,1} [B, Kmax, h, w]
     (bool/uint8/float, any strides over B and Kmax); num_targets: int [B].
     """
-    _check_inputs(pred_masks, target_masks, num_targets)
+    reason = unsupported(pred_masks, target_masks, num_targets)
+    if reason is not None:
+        raise ValueError(reason)
     return _mask_costs(pred_masks, target_masks, num_targets)
 
 

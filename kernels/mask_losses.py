@@ -44,7 +44,7 @@ from ..reference import FOCAL_ALPHA, FOCAL_GAMMA
 from ._library import launcher_op
 from ._settings import LaunchConfig, compile_configs
 
-__all__ = ["mask_losses", "supports", "CONFIGS", "pick", "MaskLossesConfig", "COMPILE_CONFIGS"]
+__all__ = ["mask_losses", "unsupported", "CONFIGS", "pick", "MaskLossesConfig", "COMPILE_CONFIGS"]
 
 assert FOCAL_GAMMA == 2.0, "the kernels square (1 - p_t) explicitly: gamma is fixed at 2"
 
@@ -251,23 +251,20 @@ def _mask_losses_bwd_kernel(
     tl.store(out, acc.to(grad_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _check_inputs(pred_masks, target_masks):
+def unsupported(pred_masks, target_masks, num_masks) -> Optional[str]:
+    """Why the kernels cannot run this call (None: they can); ``mask_losses`` raises it, ops falls back on it."""
     if pred_masks.dim() != 3 or target_masks.dim() != 3 or pred_masks.shape[0] != target_masks.shape[0]:
-        raise ValueError(f"mask_losses: pred_masks [M,h,w] and target_masks [M,H,W] expected, got "
-                         f"{tuple(pred_masks.shape)} and {tuple(target_masks.shape)}")
+        return (f"mask_losses: pred_masks [M,h,w] and target_masks [M,H,W] expected, got "
+                f"{tuple(pred_masks.shape)} and {tuple(target_masks.shape)}")
     if min(pred_masks.shape[1:]) == 0 or min(target_masks.shape[1:]) == 0:
-        raise ValueError(f"mask_losses: masks have no pixels: {tuple(pred_masks.shape)}, {tuple(target_masks.shape)}")
+        return f"mask_losses: masks have no pixels: {tuple(pred_masks.shape)}, {tuple(target_masks.shape)}"
     if pred_masks.dtype not in _PRED_DTYPES:
-        raise ValueError(f"mask_losses: logits must be fp32, fp16 or bf16, got {pred_masks.dtype}")
+        return f"mask_losses: logits must be fp32, fp16 or bf16, got {pred_masks.dtype}"
     if target_masks.dtype not in _TARGET_DTYPES:
-        raise ValueError(f"mask_losses: targets must be bool, uint8 or fp32/fp16/bf16, got {target_masks.dtype}")
+        return f"mask_losses: targets must be bool, uint8 or fp32/fp16/bf16, got {target_masks.dtype}"
     if pred_masks.device != target_masks.device:
-        raise ValueError(f"mask_losses: pred_masks on {pred_masks.device}, target_masks on {target_masks.device}")
-
-
-def supports(pred_masks, target_masks, *args, **kwargs) -> bool:
-    """The dtypes the kernels read; anything else runs the eager reference."""
-    return pred_masks.dtype in _PRED_DTYPES and target_masks.dtype in _TARGET_DTYPES
+        return f"mask_losses: pred_masks on {pred_masks.device}, target_masks on {target_masks.device}"
+    return None
 
 
 def _readable_target(target_masks: torch.Tensor) -> torch.Tensor:
@@ -368,7 +365,9 @@ def mask_losses(
     (bool/uint8/float, any strides), H and W arbitrary (usually 4h, 4w); num_masks: the
     normaliser (float or 0-d tensor). M = 0 gives zeros that still depend on pred_masks.
     """
-    _check_inputs(pred_masks, target_masks)
+    reason = unsupported(pred_masks, target_masks, num_masks)
+    if reason is not None:
+        raise ValueError(reason)
     if pred_masks.shape[0] == 0:
         zero = pred_masks.float().sum() * 0.0
         return zero, zero.clone()

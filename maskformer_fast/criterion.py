@@ -5,7 +5,8 @@ Numerically this is the official facebookresearch/MaskFormer ``HungarianMatcher`
 one place: the official matcher builds one [Q, K] cost matrix per decoder layer and image and
 calls scipy on each (L*B host round trips per step). Here the costs of every layer and image
 come out of one ``ops.mask_costs`` call and are solved by one
-``matching.linear_sum_assignment`` call.
+``matching.linear_sum_assignment`` call (``ops.linear_sum_assignment``: under ``ops.use("eager")``
+the scipy reference, else the C++ solver for CPU costs and the Triton one for CUDA costs).
 
 Conventions: L decoder layers (the final one first, then ``aux_outputs`` in order), B images,
 Q queries, C classes (index C is "no object"), K targets of an image, Kmax the most in the
@@ -66,7 +67,6 @@ class MaskFormerCriterion(nn.Module):
         mask_weight: weight of the focal cost and of the focal loss.
         dice_weight: weight of the dice cost and of the dice loss.
         no_object_weight: CE weight of the "no object" class (the official ``eos_coef``).
-        matcher_backend: ``matching.linear_sum_assignment`` backend ("auto", "scipy", ...).
 
     ``forward(outputs, targets)`` returns already-weighted losses: ``loss_ce``, ``loss_mask``,
     ``loss_dice`` for the final layer and ``loss_ce_{i}``, ``loss_mask_{i}``,
@@ -80,7 +80,6 @@ class MaskFormerCriterion(nn.Module):
         mask_weight: float = 20.0,
         dice_weight: float = 1.0,
         no_object_weight: float = 0.1,
-        matcher_backend: str = "auto",
     ):
         super().__init__()
         if num_classes < 1:
@@ -89,7 +88,6 @@ class MaskFormerCriterion(nn.Module):
         self.class_weight = class_weight
         self.mask_weight = mask_weight
         self.dice_weight = dice_weight
-        self.matcher_backend = matcher_backend
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = no_object_weight
         # Same buffer name as the official SetCriterion and HF's MaskFormerLoss, so their
@@ -194,8 +192,7 @@ class MaskFormerCriterion(nn.Module):
         cost = self.mask_weight * focal + self.class_weight * class_cost + self.dice_weight * dice
         cost = cost.view(B, L, Q, K).transpose(0, 1).reshape(L * B, Q, K)
         try:
-            cols = matching.linear_sum_assignment(cost, num_cols=num_targets.repeat(L),
-                                                  backend=self.matcher_backend)
+            cols = matching.linear_sum_assignment(cost, num_cols=num_targets.repeat(L))
         except ValueError as err:
             valid = torch.arange(K, device=cost.device) < num_targets.to(cost.device).repeat(L)[:, None]
             broken = (~torch.isfinite(cost) & valid[:, None, :]).flatten(1).any(1).nonzero().flatten().tolist()

@@ -9,7 +9,7 @@ runs of forward + criterion + backward on the same weights and the same matching
 
 * truth: the eager reference in float64 (``ops.use("eager")``, model and inputs in fp64);
 * eager: the eager reference at the working precision (fp32, or under ``--amp`` autocast);
-* fast: the Triton kernels (``ops.use("triton")``) at the same precision.
+* fast: the kernels (``ops.use("fast")``) at the same precision.
 
 For the outputs, every loss term and every parameter gradient it reports the error of eager
 and of fast against the truth, and their ratio: fast passes where its error is at most
@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
     _progress(f"2/3 eager run (amp={args.amp})")
     eager = _run(model, images, targets, "eager", autocast, matching)
     _progress("3/3 fast run (the kernels" + (", interpreted on the CPU: minutes" if device.type == "cpu" else "") + ")")
-    fast = _run(model, images, targets, "triton", autocast, matching)
+    fast = _run(model, images, targets, "fast", autocast, matching)
 
     rows = compare(truth[0], eager[0], fast[0], args.factor, floor)
     rows += compare(truth[1], eager[1], fast[1], args.factor, floor)

@@ -3,7 +3,7 @@
     python -m maskformer_fast.predict                        # no input: one generated image, random weights
     python -m maskformer_fast.predict --weights model_final.pth --input img.jpg photos/ --output out/
     python -m maskformer_fast.predict --preset maskformer_r50_coco_panoptic --task panoptic \\
-        --weights model_final_xxx.pkl --input photos/ --output out/ [--device cuda --engine fast --amp bf16]
+        --weights model_final_xxx.pkl --input photos/ --output out/ [--device cuda --amp bf16]
     python -m maskformer_fast.predict num_queries=50 --input img.jpg   # KEY=VALUE overrides before --input
 
 Each image is read as RGB (EXIF orientation applied), resized as the official test-time
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import visualize
+from . import ops, visualize
 from .predictor import TASKS, Predictor, resolve_device
 from .preprocessing import id_to_rgb, preprocess, read_image, resize_image, resized_shape, save_label_map
 from .weights import Weights, config_for_weights, load_weights, read_weights
@@ -256,9 +256,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--short-side", type=int, default=None, help="test short side (default cfg.test_short_side)")
     p.add_argument("--tta", action="store_true", help="semantic: multi-scale + flip (cfg.tta_scales, tta_flip)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--engine", default="fast", choices=("eager", "fast"),
-                   help="eager: the reference model; fast (default): mf.optimize(compile=False), with the "
-                        "Triton kernels where they run (CUDA)")
+    ops.add_engine_argument(p, "fast and auto run mf.optimize(model, compile=False) (--backend torch).")
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime"),
                    help="onnxruntime: the model exported to ONNX (mf.export_onnx) run by onnxruntime; "
                         "needs pip install 'maskformer-fast[onnx]'")
@@ -361,7 +359,7 @@ def _run(args, stack: contextlib.ExitStack) -> List[Dict]:
     if weights is not None:
         load_weights(model, args.weights, weights)
     model.to(device)
-    if args.engine == "fast" and args.backend == "torch":  # folded norms, final-layer masks, channels_last;
+    if args.engine != "eager" and args.backend == "torch":  # folded norms, final-layer masks, channels_last;
         # --amp stays the Predictor's
         model = mf.optimize(model, compile=False, amp="none")
     num_params = sum(p.numel() for p in model.parameters())
@@ -393,7 +391,7 @@ def _run(args, stack: contextlib.ExitStack) -> List[Dict]:
           + (f", weights {args.weights}" if args.weights else ", random weights"))
     overlay = None if args.no_overlay else OverlayOptions(args.overlay_score, args.top_k)
     records, total = [], 0.0
-    with mf.ops.use("eager" if args.engine == "eager" else "auto"):
+    with mf.ops.use(args.engine):
         for first in range(0, len(files), args.batch_size):
             paths = files[first:first + args.batch_size]
             images = [read_input(path, args.max_pixels) if path else synthetic_image() for path in paths]

@@ -1,16 +1,18 @@
 """Eager reference of every hot op: short, obviously right, and the spec for the kernels.
 
-Each function here has a Triton twin in ``kernels/``; ``maskformer_fast.ops`` is the only
-place that chooses between them. Formulas follow the official MaskFormer code
+Each function here has a Triton twin in ``kernels/`` (the matcher also a C++ one,
+``maskformer_fast._C``); ``maskformer_fast.ops`` is the only place that chooses between them
+(``ops.OPS`` lists them). Formulas follow the official MaskFormer code
 (facebookresearch/MaskFormer, ``mask_former/modeling/{matcher,criterion}.py``).
 """
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_norm_act", "attention", "mask_costs", "mask_losses"]
+__all__ = ["group_norm_act", "attention", "mask_costs", "mask_losses", "linear_sum_assignment", "column_counts"]
 
 FOCAL_ALPHA = 0.25
 FOCAL_GAMMA = 2.0
@@ -120,3 +122,37 @@ def mask_losses(
     denominator = prob.sum(-1) + t.sum(-1)
     dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
     return focal, dice
+
+
+def column_counts(cost: torch.Tensor, num_cols: Optional[torch.Tensor]) -> torch.Tensor:
+    """The valid columns of each problem of cost [B, N, M], int64 [B] on the CPU (None: all M)."""
+    B, _, M = cost.shape
+    if num_cols is None:
+        return torch.full((B,), M, dtype=torch.int64)
+    return torch.as_tensor(num_cols).to("cpu", torch.int64)
+
+
+def linear_sum_assignment(cost: torch.Tensor, num_cols: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Minimum-cost assignment of each problem cost[b, :, :num_cols[b]]: scipy, one problem at a time.
+
+    cost: [B, N, M] float; num_cols: int [B] (default M). Returns int64 [B, N] on cost's device:
+    the column matched to each row, or -1. +inf marks a forbidden pair; NaN or -inf, or +inf
+    entries that leave no complete matching, raise ValueError naming the problem's index b.
+    """
+    from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+    counts = column_counts(cost, num_cols).tolist()
+    costs = cost.detach().cpu().double().numpy()
+    out = np.full(costs.shape[:2], -1, dtype=np.int64)
+    for b, count in enumerate(counts):
+        c = costs[b, :, :count]
+        if np.isnan(c).any() or np.isneginf(c).any():
+            raise ValueError(f"cost matrix {b} contains NaN or -inf")
+        if c.size == 0:
+            continue
+        try:
+            rows, cols = scipy_lsa(c)
+        except ValueError as e:  # scipy: "cost matrix is infeasible"
+            raise ValueError(f"cost matrix {b}: {e}") from None
+        out[b, rows] = cols
+    return torch.from_numpy(out).to(cost.device)

@@ -71,3 +71,15 @@ def spy_kernels(monkeypatch):
 
     monkeypatch.setattr(ops, "resolve", resolve)
     return calls
+
+
+def only_kernel(monkeypatch, op: str, kernel: str, device: str = "cpu") -> None:
+    """Make ``kernel`` (a name: "triton", "cpp") op's only kernel, registered as built for
+    ``device``: "auto" and "fast" then pick it for tensors there (a Triton kernel on CPU tensors
+    runs through the interpreter) and fall back or raise where its ``unsupported`` says so."""
+    import dataclasses
+
+    from maskformer_fast import ops
+    spec = ops.OPS[op]
+    chosen = dataclasses.replace(spec.kernel(kernel), device=device)
+    monkeypatch.setitem(ops.OPS, op, dataclasses.replace(spec, kernels=(chosen,)))

@@ -75,11 +75,15 @@ def _check_bench_model(data):
             assert float(rows["inference", impl]["extra"][f"rel diff {key}"]) < 1e-4, (impl, key)
     onnx = rows["inference", "onnxruntime"]
     assert onnx["ms"] is None and onnx["extra"]["skipped"] or float(onnx["extra"]["rel diff pred_masks"]) < 1e-4
-    # what each engine ran: every model op, through its reference (no kernel on a CPU)
+    # what each engine ran: every model op, through its reference (no Triton kernel on a CPU); the
+    # matcher: scipy for eager, the C++ solver for fast ("auto" on CPU tensors)
     for engine in ("eager", "fast"):
         ran = {d["op"]: d for d in data["dispatch"] if d["engine"] == engine}
-        assert set(ran) == {"group_norm_act", "attention", "mask_costs", "mask_losses"}, (engine, ran)
+        assert set(ran) == {"group_norm_act", "attention", "mask_costs", "mask_losses", "linear_sum_assignment"}, \
+            (engine, ran)
+        matcher = ran.pop("linear_sum_assignment")
         assert all(d["kernel"] == 0 and d["reference"] > 0 for d in ran.values()), ran
+        assert (matcher["kernel"] > 0) == (engine == "fast") and (matcher["reference"] > 0) == (engine == "eager")
     assert {p["engine"] for p in data["profile"]} == {"eager", "fast"} and all(p["self_ms"] >= 0 for p in data["profile"])
 
 

@@ -11,10 +11,6 @@ import pytest
 import torch
 
 import maskformer_fast as mf
-from maskformer_fast.kernels import attention as attention_kernel
-from maskformer_fast.kernels import group_norm_act as group_norm_act_kernel
-from maskformer_fast.kernels import mask_costs as mask_costs_kernel
-from maskformer_fast.kernels import mask_losses as mask_losses_kernel
 
 
 # On a GPU machine the same tests run the compiled kernels on CUDA (no interpreter there).
@@ -33,35 +29,8 @@ def _assert_same(got, want, name):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def _group_norm_act_case():
-    x = torch.randn(2, 16, 6, 5, generator=_gen(0)).to(DEVICE, memory_format=torch.channels_last)
-    weight, bias = torch.randn(16, generator=_gen(1)).to(DEVICE), torch.randn(16, generator=_gen(2)).to(DEVICE)
-    return (lambda x, weight: mf.ops.group_norm_act(x, 4, weight, bias)), (x, weight)
-
-
-def _attention_case():
-    q, k, v = (torch.randn(2, 2, n, 16, generator=_gen(n)).to(DEVICE) for n in (7, 9, 10))
-    v = v[:, :, :9]
-    ignore = torch.zeros(2, 9, dtype=torch.bool, device=DEVICE)
-    ignore[1, 6:] = True
-    return (lambda q, k, v: mf.ops.attention(q, k, v, key_padding_mask=ignore, dropout_p=0.2)), (q, k, v)
-
-
-def _mask_losses_case():
-    pred = torch.randn(3, 5, 4, generator=_gen(0)).to(DEVICE)
-    target = (torch.rand(3, 20, 16, generator=_gen(1)) > 0.5).to(DEVICE)
-    return (lambda pred: torch.stack(mf.ops.mask_losses(pred, target, 3.0))), (pred,)
-
-
-def _mask_costs_case():
-    pred = torch.randn(2, 5, 4, 4, generator=_gen(0)).to(DEVICE)
-    target = (torch.rand(2, 3, 4, 4, generator=_gen(1)) > 0.5).to(DEVICE)
-    num_targets = torch.tensor([3, 1], device=DEVICE)
-    return (lambda pred: torch.stack(mf.ops.mask_costs(pred, target, num_targets))), (pred,)
-
-
-CASES = {"group_norm_act": _group_norm_act_case, "attention": _attention_case, "mask_losses": _mask_losses_case,
-         "mask_costs": _mask_costs_case}
+# Every registered op with a kernel traced into graphs (ops.OPS): a new op's spec brings its examples.
+COMPILED_OPS = sorted(name for name, spec in mf.ops.OPS.items() if spec.not_compiled is None)
 
 
 def _run(fn, inputs, differentiable):
@@ -75,11 +44,11 @@ def _run(fn, inputs, differentiable):
     return out.detach(), list(torch.autograd.grad((out * weights).sum(), leaves))
 
 
-@pytest.mark.parametrize("op", sorted(CASES))
+@pytest.mark.parametrize("op", COMPILED_OPS)
 def test_kernel_op_compiles_into_one_graph_with_identical_results(op):
-    fn, inputs = CASES[op]()
-    differentiable = op != "mask_costs"  # the matcher's costs carry no gradient
-    with mf.ops.use("triton"):
+    example = mf.ops.OPS[op].example(DEVICE)
+    fn, inputs, differentiable = example.fn, example.inputs, example.differentiable
+    with mf.ops.use("fast"):
         explanation = torch._dynamo.explain(fn)(*inputs)
         assert explanation.graph_break_count == 0
         graph = explanation.graphs[0].print_readable(print_output=False)
@@ -93,8 +62,9 @@ def test_kernel_op_compiles_into_one_graph_with_identical_results(op):
 
 
 def test_group_norm_act_compiles_with_inductor():
-    fn, inputs = _group_norm_act_case()
-    with mf.ops.use("triton"):
+    example = mf.ops.OPS["group_norm_act"].example(DEVICE)
+    fn, inputs = example.fn, example.inputs
+    with mf.ops.use("fast"):
         want, want_grads = _run(fn, inputs, True)
         torch._dynamo.reset()
         got, got_grads = _run(torch.compile(fn, fullgraph=True), inputs, True)
@@ -103,55 +73,24 @@ def test_group_norm_act_compiles_with_inductor():
         _assert_same(g, w, "grad")
 
 
-def _randn(*shape):
-    return torch.randn(*shape, generator=_gen(len(shape))).to(DEVICE)
+# (op, launcher name) for every custom op the registered kernels launch; built inside the test.
+LAUNCHERS = sorted((op, name) for op, spec in mf.ops.OPS.items() for name in spec.launcher_examples(DEVICE))
 
 
-def _group_norm_act_fwd():
-    x, weight, bias = _randn(2, 8, 3, 3), _randn(8), _randn(8)
-    return group_norm_act_kernel._forward, (x, weight, bias, 2, 1e-5, True)
+def test_every_kernel_custom_op_has_a_launcher_example():
+    # the custom ops the kernel modules registered (kernels/_library.py) are the ones opcheck runs
+    for spec in mf.ops.OPS.values():
+        for kernel in spec.kernels:
+            kernel.load()
+    from maskformer_fast.kernels._library import LAUNCHERS as registered
+    assert set(registered) == {name for _, name in LAUNCHERS}
 
 
-def _group_norm_act_bwd():
-    _, (x, weight, bias, *rest) = _group_norm_act_fwd()
-    y, mean, rstd = group_norm_act_kernel._forward(x, weight, bias, *rest)
-    return group_norm_act_kernel._backward, (torch.randn_like(y), x, weight, bias, mean, rstd, 2, True)
-
-
-def _attention_fwd():
-    q, k = _randn(1, 2, 5, 16), _randn(1, 2, 6, 16)
-    return attention_kernel._forward, (q, k, k, None, 0.25, 0.1, attention_kernel.draw_seed(DEVICE))
-
-
-def _attention_bwd():
-    _, (q, k, _, _, scale, p, seed) = _attention_fwd()
-    o, lse = attention_kernel._forward(q, k, k, None, scale, p, seed)
-    return attention_kernel._backward, (torch.randn_like(o), q, k, k, o, lse, None, scale, p, seed)
-
-
-def _mask_losses_args():
-    return _randn(2, 3, 3), _randn(2, 6, 6) > 0.5
-
-
-# name -> builder of (launcher, args). Built inside the test, not at import: a launch at collection
-# time that faults on a GPU would stop pytest collecting every other test of the run.
-LAUNCHER_CASES = {
-    "group_norm_act_fwd": _group_norm_act_fwd,
-    "group_norm_act_bwd": _group_norm_act_bwd,
-    "attention_fwd": _attention_fwd,
-    "attention_bwd": _attention_bwd,
-    "mask_losses_fwd": lambda: (mask_losses_kernel.mask_losses_forward, _mask_losses_args()),
-    "mask_losses_bwd": lambda: (mask_losses_kernel.mask_losses_backward, (*_mask_losses_args(), _randn(2, 3))),
-    "mask_costs": lambda: (mask_costs_kernel._mask_costs, (_randn(2, 3, 4, 4), _randn(2, 2, 4, 4) > 0.5,
-                                                           torch.tensor([2, 1], device=DEVICE))),
-}
-LAUNCHER_OPS = sorted(LAUNCHER_CASES)
-
-
-@pytest.fixture(params=LAUNCHER_OPS)
+@pytest.fixture(params=LAUNCHERS, ids=[name for _, name in LAUNCHERS])
 def launcher_case(request):
     """(name, launcher, args): the kernel launches that build args run here, in one test's set-up."""
-    return (request.param, *LAUNCHER_CASES[request.param]())
+    op, name = request.param
+    return (name, *mf.ops.OPS[op].launcher_examples(DEVICE)[name]())
 
 
 def test_launcher_custom_op_passes_opcheck(launcher_case):
@@ -174,7 +113,7 @@ def test_model_with_kernels_compiles_into_one_graph():
     # Training mode: the decoder's attention dropout runs in the kernel, seeded in the graph.
     model = _tiny_model().train().to(DEVICE)
     images = torch.randn(1, 3, 64, 64, generator=_gen(0)).to(DEVICE)
-    with mf.ops.use("triton"):
+    with mf.ops.use("fast"):
         explanation = torch._dynamo.explain(model)(images)
         assert explanation.graph_break_count == 0, [str(r.reason)[:200] for r in explanation.break_reasons]
         torch.manual_seed(1)

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from maskformer_fast import ops
 from maskformer_fast.criterion import MaskFormerCriterion
-from tests.helpers import assert_close_verbose
+from tests.helpers import assert_close_verbose, only_kernel
 
 ALPHA, GAMMA = 0.25, 2.0
 
@@ -111,7 +112,7 @@ def as_pairs(cols_row):
 @pytest.mark.parametrize("counts", [(3, 1, 2), (0, 4), (9, 2)], ids=["mixed", "one-empty", "more-targets-than-queries"])
 def test_matches_official_loop(counts):
     outputs, targets = make_batch(counts)
-    crit = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")
+    crit = MaskFormerCriterion(num_classes=4)
     losses = crit(outputs, targets)
     expected, expected_indices = official_losses64(outputs, targets, num_classes=4)
     assert sorted(losses) == sorted(expected)
@@ -191,17 +192,19 @@ def test_gradients_match_official_float64():
                                  name=f"layer {i} {key}.grad")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "gpu"], ids=["cpp-backend", "triton-backend"])
-def test_losses_identical_with_each_matching_backend(backend):
-    """Same matching and losses as the scipy reference; the gpu backend runs on CUDA tensors
-    when there is a GPU, through the Triton interpreter otherwise."""
+@pytest.mark.parametrize("kernel", ["cpp", "triton"], ids=["cpp-solver", "triton-solver"])
+def test_losses_identical_with_each_matching_solver(kernel, monkeypatch):
+    """Same matching and losses as the scipy reference (ops.use("eager")); the Triton solver runs
+    on CUDA tensors when there is a GPU, through the Triton interpreter otherwise."""
     from maskformer_fast import matching
-    if backend not in matching.available_backends():
-        pytest.skip(f"matching backend {backend!r} is not available here")
-    device = "cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu"
+    if kernel == "cpp" and matching._C is None:
+        pytest.skip("maskformer_fast._C is not built here")
+    device = "cuda" if kernel == "triton" and torch.cuda.is_available() else "cpu"
     outputs, targets = make_batch((3, 0, 7), seed=5)
-    expected_cols = MaskFormerCriterion(num_classes=4, matcher_backend="scipy").match(outputs, targets)
-    expected = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")(outputs, targets)
+    with ops.use("eager"):
+        expected_cols = MaskFormerCriterion(num_classes=4).match(outputs, targets)
+        expected = MaskFormerCriterion(num_classes=4)(outputs, targets)
+    only_kernel(monkeypatch, "linear_sum_assignment", kernel, device)  # picked by "auto"; the other ops as usual
 
     def to(x):
         if isinstance(x, dict):
@@ -210,7 +213,7 @@ def test_losses_identical_with_each_matching_backend(backend):
             return [to(v) for v in x]
         return x.to(device) if isinstance(x, torch.Tensor) else x
 
-    crit = MaskFormerCriterion(num_classes=4, matcher_backend=backend).to(device)
+    crit = MaskFormerCriterion(num_classes=4).to(device)
     assert torch.equal(crit.match(to(outputs), to(targets)).cpu(), expected_cols)
     got = crit(to(outputs), to(targets))
     for key in expected:
@@ -320,7 +323,7 @@ def test_precomputed_matching_gives_the_same_losses():
 
 
 def test_non_binary_target_masks_are_refused():
-    crit = MaskFormerCriterion(num_classes=4, matcher_backend="scipy")
+    crit = MaskFormerCriterion(num_classes=4)
     outputs, targets = make_batch((2, 1))
     for bad in (targets[0]["masks"].to(torch.uint8) * 255, targets[0]["masks"].float() * 0.5):
         with pytest.raises(ValueError, match=r"targets\[0\]\['masks'\].*other than 0 and 1"):

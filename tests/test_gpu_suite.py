@@ -18,8 +18,7 @@ import maskformer_fast as mf
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE_STEPS = {"versions", "install", "peer_matcher", "ext", "import_check", "bench_model", "gpu_tests",
-               "bench_group_norm_act", "bench_attention", "bench_mask_costs", "bench_mask_losses", "bench_matching",
-               "parity_fp32", "parity_bf16", "device_tests"}
+               "parity_fp32", "parity_bf16", "device_tests", *(spec.benchmark for spec in mf.ops.OPS.values())}
 
 
 @pytest.fixture
@@ -33,8 +32,8 @@ def test_ops_warns_once_when_cuda_is_present_but_kernels_do_not_import(kernels_u
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert mf.ops._kernel_module("attention") is None
-        assert mf.ops._kernel_module("mask_losses") is None
+        assert mf.ops._load(mf.ops.OPS["attention"].kernels[0]) is None
+        assert mf.ops._load(mf.ops.OPS["mask_losses"].kernels[0]) is None
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1, messages
     assert "maskformer_fast.kernels does not import" in messages[0]
@@ -44,7 +43,7 @@ def test_ops_is_silent_without_cuda_when_kernels_do_not_import(kernels_unimporta
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert mf.ops._kernel_module("attention") is None
+        assert mf.ops._load(mf.ops.OPS["attention"].kernels[0]) is None
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
@@ -106,7 +105,7 @@ def test_bench_model_records_which_implementation_each_op_ran():
     with recording_dispatch(counts):
         with mf.ops.use("eager"):
             mf.ops.group_norm_act(x, 2, weight, bias)
-        with mf.ops.use("triton"):  # the interpreter on CPU (tests/conftest.py)
+        with mf.ops.use("fast"):  # the interpreter on CPU (tests/conftest.py)
             mf.ops.group_norm_act(x, 2, weight, bias)
             mf.ops.group_norm_act(x, 2, weight, bias)
     assert counts == {"group_norm_act": {"kernel": 2, "reference": 1}}

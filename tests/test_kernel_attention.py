@@ -189,10 +189,10 @@ def test_float64_only_through_the_interpreter():
     # Triton cannot compile the fp64 dots for a GPU: the kernel declines fp64 off the CPU (meta
     # tensors stand in for CUDA ones here) and the dispatch runs the reference instead.
     q, k = (torch.empty(1, 2, n, 32, dtype=torch.float64, device="meta") for n in (3, 4))
-    assert not attn.supports(q, k, k) and attn.supports(q.float(), k.float(), k.float())
+    assert attn.unsupported(q, k, k) is not None and attn.unsupported(q.float(), k.float(), k.float()) is None
     with pytest.raises(ValueError, match="float64 runs only in the Triton interpreter"):
         attn.attention(q, k, k)
-    assert attn.supports(*_inputs(1, 2, 3, 4, 32))  # fp64 CPU tensors: the interpreter runs it
+    assert attn.unsupported(*_inputs(1, 2, 3, 4, 32)) is None  # fp64 CPU tensors: the interpreter runs it
 
 
 def test_dispatch_routes_by_mode(monkeypatch):
@@ -201,14 +201,15 @@ def test_dispatch_routes_by_mode(monkeypatch):
     monkeypatch.setattr(attn, "attention", spy(kernel, calls, "triton"))
     monkeypatch.setattr(reference, "attention", spy(ref, calls, "eager"))
     q, k, v = _inputs(1, 2, 4, 6, 16)
-    with ops.use("triton"):
+    with ops.use("fast"):
         out_triton = ops.attention(q, k, v)
-        ops.attention(*_inputs(1, 2, 4, 6, 24))  # head dim 24: the kernel declines, the reference runs
+        with pytest.raises(ValueError, match="head dim 24 not supported"):  # fast raises the kernel's reason
+            ops.attention(*_inputs(1, 2, 4, 6, 24))
     with ops.use("eager"):
         out_eager = ops.attention(q, k, v)
     with ops.use("auto"):  # CPU tensors: the reference
         ops.attention(q, k, v)
-    assert calls == ["triton", "eager", "eager", "eager"]
+    assert calls == ["triton", "triton", "eager", "eager"]
     assert_close_verbose(out_triton, out_eager, rtol=1e-10, atol=1e-10, name="dispatch")
 
 

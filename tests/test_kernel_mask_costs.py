@@ -5,7 +5,7 @@ import torch
 from maskformer_fast import ops, reference
 from maskformer_fast.kernels import mask_costs as kernel
 
-from .helpers import assert_close_verbose, spy
+from .helpers import assert_close_verbose, only_kernel, spy
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -108,17 +108,20 @@ def test_ops_dispatch_matches_eager(poisoned_outputs, monkeypatch):
         monkeypatch.setattr(module, "mask_costs", spy(module.mask_costs, calls, name))
     with ops.use("eager"):
         eager = ops.mask_costs(pred, target, num_targets)
-    with ops.use("triton"):
+    with ops.use("fast"):
         fast = ops.mask_costs(pred, target, num_targets)
     assert calls == ["eager", "triton"]
     for name, a, e in zip(("focal", "dice"), fast, eager):
         assert_close_verbose(a, e, rtol=1e-5, atol=1e-6, name=name)
 
 
-def test_unsupported_dtype_falls_back_to_eager():
+def test_unsupported_dtype_falls_back_to_eager(monkeypatch):
     pred, target, num_targets = _problem(1, 3, 2, 4, 4, [2])
-    assert not kernel.supports(pred.double(), target)
-    with ops.use("triton"):
+    assert "logits must be fp32" in kernel.unsupported(pred.double(), target, num_targets)
+    with ops.use("fast"), pytest.raises(ValueError, match="logits must be fp32"):  # fast raises the reason
+        ops.mask_costs(pred.double(), target, num_targets)
+    only_kernel(monkeypatch, "mask_costs", "triton")  # "auto" picks the kernel for CPU tensors: it declines fp64
+    with ops.use("auto"):
         focal, _ = ops.mask_costs(pred.double(), target, num_targets)
     assert focal.dtype == torch.float64  # the reference ran
 

@@ -113,7 +113,7 @@ def test_criterion_is_the_official_loop_on_unpadded_targets(size, padded, grid):
     """Targets at the input size, padded by the criterion to the padded size, nearest-resized to
     a grid that is not padded / 4: losses and matches equal the float64 official loop."""
     outputs, targets = make_batch((3, 2), Q=8, C=5, h=grid[0], w=grid[1], input_size=size, padded_size=padded)
-    crit = MaskFormerCriterion(num_classes=5, matcher_backend="scipy")
+    crit = MaskFormerCriterion(num_classes=5)
     losses = crit(outputs, targets)
     expected, indices = official_losses64(outputs, targets, num_classes=5)
     for key in expected:
@@ -154,7 +154,7 @@ def test_model_batch_losses_match_the_official_loop():
         targets.append({"labels": torch.randint(0, cfg.num_classes, (3,), generator=g), "masks": masks})
     with torch.no_grad(), mf.ops.use("eager"):
         out = model(images)
-        losses = MaskFormerCriterion(cfg.num_classes, matcher_backend="scipy")(out, targets)
+        losses = MaskFormerCriterion(cfg.num_classes)(out, targets)
     assert out["padded_size"] == (300, 430) and tuple(out["pred_masks"].shape[-2:]) == (75, 108)
     expected, _ = official_losses64(out, targets, cfg.num_classes)
     for key in expected:

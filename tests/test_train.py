@@ -197,7 +197,7 @@ def test_fast_engine_trains_like_eager(data, monkeypatch):
     images, targets, _ = next(loader)
     eager, eager_grads, matching = _train_step(cfg, images, targets, "eager")
     calls = spy_kernels(monkeypatch)
-    fast, fast_grads, _ = _train_step(cfg, images, targets, "triton", matching)
+    fast, fast_grads, _ = _train_step(cfg, images, targets, "fast", matching)
     assert set(calls) == {"group_norm_act", "attention", "mask_losses"}, calls  # the kernels ran
     assert fast == pytest.approx(eager, rel=1e-5)
     assert fast_grads.keys() == eager_grads.keys() and len(eager_grads) > 100
@@ -218,7 +218,7 @@ def test_eval_only_and_errors(data, tmp_path):
     ckpt = CheckpointManager(str(out)).latest()
     # the eager run's checkpoint loads into the fast engine (same state-dict keys), whose
     # kernels run here through the interpreter and give the same predictions
-    fast_env = dict(env(), MASKFORMER_FAST_OPS="triton", TRITON_INTERPRET="1")
+    fast_env = dict(env(), MASKFORMER_FAST_OPS="fast", TRITON_INTERPRET="1")
     result = subprocess.run(train_cmd(data, tmp_path / "eval", "--eval-only", "--weights", ckpt, "--engine", "fast",
                                       *TINY),
                             env=fast_env, capture_output=True, text=True, timeout=300)

@@ -1,7 +1,7 @@
 """Train and evaluate MaskFormer on ADE20K, COCO panoptic, COCO-Stuff or Cityscapes.
 
     python train/train.py --preset maskformer_r50_ade20k --dataset ade20k --data-root DIR \
-        --output out/r50_ade [--max-iter N] [--batch-size B] [--crop S] [--engine eager|fast] \
+        --output out/r50_ade [--max-iter N] [--batch-size B] [--crop S] [--engine eager|fast|auto] \
         [--compile] [--amp none|bf16|fp16] [--seed S] [--deterministic] [--device DEV] \
         [--num-workers N] [--checkpoint-period N] [--keep-checkpoints N] [--eval-period N] \
         [--eval-split train|val] [--tta] [--no-progress] [--resume] \
@@ -96,10 +96,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
     p.add_argument("--crop", type=int, default=None, help="square crop size")
-    p.add_argument("--engine", default="fast", choices=("eager", "fast"),
-                   help="eager: reference ops; fast (default): Triton kernels where they run (CUDA; "
-                        "MASKFORMER_FAST_OPS=triton forces them)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (fast engine)")
+    ops.add_engine_argument(p, "--eval-only with a non-eager engine evaluates mf.optimize(model), as predict does.")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-period", type=int, default=5000, help="iterations (default 5000)")
@@ -326,11 +324,6 @@ def amp_context(amp: str, device: torch.device):
     return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
-def engine_context(engine: str):
-    """eager: the reference ops; fast: the ops' own choice ("auto", or MASKFORMER_FAST_OPS)."""
-    return ops.use("eager") if engine == "eager" else contextlib.nullcontext()
-
-
 @dataclasses.dataclass
 class Job:
     """What every kind of run shares: the arguments, where it runs, its config, data and model."""
@@ -385,7 +378,7 @@ def train_step(state: TrainState, batch: Tuple[torch.Tensor, List[Dict]]) -> Dic
 def run(args) -> Dict[str, float]:
     d, device = init_distributed(args.device)
     try:
-        with engine_context(args.engine), output_folder(args, d):
+        with ops.use(args.engine), output_folder(args, d):
             job, weights = prepare(args, d, device)
             if args.check_data:
                 return check_data(job)
@@ -474,7 +467,7 @@ def evaluate_only(job: Job, weights: Weights) -> Dict[str, float]:
     """--eval-only: the --weights checkpoint on the eval split; label maps saved as predict writes them."""
     args, model = job.args, job.model
     load_weights(model, args.weights, weights)
-    if args.engine == "fast":  # the model predict runs (same label maps)
+    if args.engine != "eager":  # the model predict runs (same label maps)
         model = mf.optimize(model, compile=False, amp="none")
     results = evaluate(model, job.eval_set, job.cfg, job.device, job.d, args.amp, os.path.join(args.output, "eval"),
                        args.tta, save_semantic=True)

@@ -1,7 +1,7 @@
 """The whole model through the Triton kernels (interpreted on CPU) equals the eager reference.
 
 Same weights, same input, same targets: forward outputs, every loss term and every gradient
-agree between ``ops.use("triton")`` and ``ops.use("eager")``. Tiny size (64x64 image, 2
+agree between ``ops.use("fast")`` and ``ops.use("eager")``. Tiny size (64x64 image, 2
 decoder layers) because the interpreter is slow; dropout off so the two runs see the same
 function. float32, since the mask kernels read fp32/fp16/bf16 only (fp64 runs the reference).
 On a GPU machine the same test runs compiled kernels on CUDA tensors (benchmarks/gpu_suite.sh),
@@ -50,7 +50,7 @@ def test_model_matches_eager_through_every_kernel(tiny_model, monkeypatch):
 
     out_e, losses_e, grads_e = _run(tiny_model, images, targets, "eager")
     calls = _spy_kernels(monkeypatch)
-    out_t, losses_t, grads_t = _run(tiny_model, images, targets, "triton")
+    out_t, losses_t, grads_t = _run(tiny_model, images, targets, "fast")
 
     assert set(calls) == {"group_norm_act", "attention", "mask_costs", "mask_losses"}, calls
     for key in ("pred_logits", "pred_masks"):
