@@ -35,6 +35,8 @@ _API = {
     "read_weights": "weights",
     "load_weights": "weights",
     "dataset_metadata": "visualize",
+    "DatasetSpec": "dataset_specs",
+    "get_dataset_spec": "dataset_specs",
     "DatasetMetadata": "visualize",
     "draw_semantic_overlay": "visualize",
     "draw_panoptic_overlay": "visualize",
@@ -44,7 +46,7 @@ _API = {
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
                "config", "model", "fast", "convert", "predict", "parity", "predictor", "preprocessing", "weights",
-               "visualize", "onnx_export")
+               "visualize", "onnx_export", "dataset_specs")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

@@ -316,12 +316,13 @@ def build_config(args, weights: Optional[Weights]):
 
 
 def build_metadata(args, cfg) -> visualize.DatasetMetadata:
-    """The dataset's class names and colours, the names replaced by --class-names FILE."""
+    """The classes' names and colours (the dataset's, or those its data recorded in the checkpoint's
+    config), the names replaced by --class-names FILE."""
     class_names = visualize.read_class_names(args.class_names) if args.class_names else None
     if class_names is not None and len(class_names) != cfg.num_classes:
         raise ValueError(f"--class-names {args.class_names} lists {len(class_names)} names but the model has "
                          f"{cfg.num_classes} classes")
-    return visualize.dataset_metadata(cfg.dataset, cfg.num_classes, class_names)
+    return visualize.config_metadata(cfg, class_names)
 
 
 def onnx_runner(model, cfg, onnx_path: Optional[str], device: str, stack: contextlib.ExitStack):
@@ -368,7 +369,7 @@ def _run(args, stack: contextlib.ExitStack) -> List[Dict]:
     thing_classes = args.thing_classes
     if thing_classes is None:
         from .config import thing_classes as dataset_thing_classes
-        thing_classes = dataset_thing_classes(cfg.dataset)
+        thing_classes = cfg.thing_class_ids or dataset_thing_classes(cfg.dataset)  # the data's, else the preset's
         if thing_classes and max(thing_classes) >= cfg.num_classes:
             raise ValueError(f"the {cfg.dataset} thing classes go up to {max(thing_classes)}, beyond "
                              f"num_classes={cfg.num_classes}: pass --thing-classes for this model")
