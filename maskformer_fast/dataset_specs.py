@@ -176,7 +176,7 @@ _SPECS = (
                             test_max_size=2048),
                 # road, building, sky | person, car, bicycle
                 synthetic=SyntheticClasses(stuff=(0, 2, 10), things=(11, 13, 18), void=255),
-                synthetic_stem="{city}/{city}_{n:06d}_000019"),
+                synthetic_stem="{city}/{city}_{i:06d}_000019"),
     # Mapillary Vistas v1.2 palette PNGs: ids 0..64 evaluated, 65 = unlabeled (register_mapillary_vistas.py
     # ignore_label=65); the v2.0 release keeps v1.2 under {split}/v1.2/labels, v1.2 itself under {split}/labels
     DatasetSpec("mapillary", "Mapillary Vistas v1.2", "semantic", "paired", _ADE_SPLITS, "{dir}/images",

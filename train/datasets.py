@@ -144,9 +144,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 
 def _sorted_files(folder: str, suffixes: Tuple[str, ...]) -> List[str]:
-    out = []
+    out, endings = [], tuple(s.lower() for s in suffixes)  # case-blind: photo.JPG is an image too
     for dirpath, _, names in os.walk(folder):
-        out.extend(os.path.join(dirpath, n) for n in names if n.lower().endswith(suffixes))
+        out.extend(os.path.join(dirpath, n) for n in names if n.lower().endswith(endings))
     return sorted(out)
 
 
@@ -155,7 +155,7 @@ def _paired_records(image_dir: str, label_dir: str, image_suffixes: Tuple[str, .
     """Pair every image under ``image_dir`` with the label of the same stem under ``label_dir``."""
     records = []
     for image_file in _sorted_files(image_dir, image_suffixes):
-        suffix = next(s for s in image_suffixes if image_file.lower().endswith(s))
+        suffix = next(s for s in image_suffixes if image_file.lower().endswith(s.lower()))
         rel = os.path.relpath(image_file, image_dir)[: -len(suffix)]
         label_file = os.path.join(label_dir, rel + label_suffix)
         _require_file(label_file, f"{what}: annotation of {image_file}")
@@ -221,9 +221,9 @@ def _paired(spec: DatasetSpec, root: str, split: str) -> "SegmentationDataset":
 
 def _panoptic_json(spec: DatasetSpec, root: str, split: str) -> "SegmentationDataset":
     """A COCO-panoptic-format split: json (images, annotations, categories) + RGB-id PNGs."""
-    image_dir, png_dir = _split_paths(spec, root, split)
     fmt = {"dir": spec.splits[split], "split": split}
     json_file = _require_file(os.path.join(root, spec.panoptic_json.format(**fmt)), spec.layout())
+    image_dir, png_dir = _split_paths(spec, root, split)
     try:
         with open(json_file) as f:
             data = json.load(f)
