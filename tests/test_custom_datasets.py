@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from maskformer_fast.preprocessing import id_to_rgb
@@ -17,6 +18,15 @@ TINY = ["num_decoder_layers=2", "hidden_dim=32", "conv_dim=32", "mask_dim=32", "
         "min_scale=1.0", "max_scale=1.0"]
 CLASSES = [{"name": "water", "color": [0, 0, 200]}, {"name": "sand", "color": [200, 180, 0]},
            {"name": "crab", "color": [220, 30, 30]}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread (as test_train.py's subprocesses): faster at these sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def train_main(*argv):
