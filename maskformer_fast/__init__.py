@@ -37,6 +37,8 @@ _API = {
     "read_weights": "weights",
     "load_weights": "weights",
     "dataset_metadata": "visualize",
+    "DatasetSpec": "dataset_specs",
+    "get_dataset_spec": "dataset_specs",
     "DatasetMetadata": "visualize",
     "draw_semantic_overlay": "visualize",
     "draw_panoptic_overlay": "visualize",
@@ -45,8 +47,8 @@ _API = {
     "OnnxModel": "onnx_export",
 }
 _SUBMODULES = ("ops", "matching", "evaluation", "reference", "kernels", "criterion", "inference",
-               "config", "model", "fast", "convert", "backbone_weights", "predict", "parity", "predictor", "preprocessing", "weights",
-               "visualize", "onnx_export")
+               "config", "model", "fast", "convert", "backbone_weights", "predict", "parity", "predictor", "preprocessing",
+               "weights", "visualize", "onnx_export", "dataset_specs")
 
 __all__ = sorted(_API) + list(_SUBMODULES)
 

@@ -5,7 +5,8 @@ Every field is flat so that ``KEY=VALUE`` overrides are easy::
     cfg = get_config("maskformer_r50_ade20k", num_decoder_layers=2, crop_size="384,384")
 
 Preset names are ``maskformer_{backbone}_{dataset}`` for every backbone in ``BACKBONES`` and
-dataset in ``DATASETS`` (``list_presets()``). Architecture and recipe values come from the
+dataset in ``DATASETS`` (``list_presets()``); the per-dataset numbers (classes, recipe) come from
+the table of dataset facts, :mod:`maskformer_fast.dataset_specs`. Architecture and recipe values come from the
 official configs (facebookresearch/MaskFormer ``configs/``, ``mask_former/config.py``) and the
 paper (Cheng et al. 2021, Sec. 4 and Appendix).
 """
@@ -15,11 +16,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
+from .dataset_specs import DATASETS as DATASET_SPECS, PRESET_DATASETS, get_dataset_spec
+
 __all__ = ["MaskFormerConfig", "get_config", "list_presets", "thing_classes", "BACKBONES", "DATASETS",
            "PRETRAINED_BACKBONES"]
 
 BACKBONES = ("resnet50", "resnet101", "resnet101c", "swin_tiny", "swin_small", "swin_base", "swin_large")
-DATASETS = ("ade20k", "ade20k_full", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes", "mapillary")
+DATASETS = PRESET_DATASETS  # the datasets with presets; every dataset's facts: dataset_specs.DATASETS
 LR_SCHEDULES = ("poly", "multistep")
 # MODEL.WEIGHTS of the official configs, by backbone (each backbone starts from the same file on
 # every dataset): Detectron2 model-zoo URLs, or the names the official configs give the files
@@ -38,20 +41,6 @@ PRETRAINED_BACKBONES = {
 _PRESET_BACKBONES = {
     "r50": "resnet50", "r101": "resnet101", "r101c": "resnet101c",
     "swin_t": "swin_tiny", "swin_s": "swin_small", "swin_b": "swin_base", "swin_l": "swin_large",
-}
-_NUM_CLASSES = {"ade20k": 150, "ade20k_full": 847, "ade20k_panoptic": 150, "coco_panoptic": 133,
-                "coco_stuff": 171, "cityscapes": 19, "mapillary": 65}
-# Contiguous ids of the thing classes of the panoptic datasets: COCO's first 80 categories; for
-# ADE20K the 100 SceneParsing-150 classes of the instance challenge (the second column of the
-# official datasets/ade20k_instance_catid_mapping.txt, 1-based there).
-_THING_CLASSES = {
-    "coco_panoptic": tuple(range(80)),
-    "ade20k_panoptic": tuple(i - 1 for i in (
-        8, 9, 11, 13, 15, 16, 19, 20, 21, 23, 24, 25, 28, 31, 32, 33, 34, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46,
-        48, 50, 51, 54, 56, 57, 58, 59, 63, 65, 66, 67, 68, 70, 71, 72, 73, 74, 75, 76, 77, 79, 81, 82, 83, 84, 86,
-        87, 88, 89, 90, 91, 93, 94, 96, 98, 99, 103, 104, 105, 108, 109, 111, 112, 113, 116, 117, 119, 120, 121,
-        122, 124, 125, 126, 127, 128, 130, 131, 133, 134, 135, 136, 137, 138, 139, 140, 143, 144, 145, 147, 148,
-        149, 150)),
 }
 
 
@@ -106,7 +95,13 @@ class MaskFormerConfig:
     # of this; 0 (the COCO panoptic configs: "COCO model should not pad image") pads a batch to
     # its largest image and nothing more
     size_divisibility: int = 32
+    # training id of ignored label pixels: the dataset's (255; ADE20K-Full 65535, where 255 is a class)
     ignore_value: int = 255
+    # classes named by the data itself (custom datasets: classes.json, a panoptic json's categories),
+    # recorded so that checkpoints carry them; empty: the dataset's shipped names and colours
+    class_names: Tuple[str, ...] = ()
+    class_colors: Tuple[int, ...] = ()      # r, g, b per class, flat; empty: the dataset's (or generated)
+    thing_class_ids: Tuple[int, ...] = ()   # panoptic things of data-defined classes
 
     # training recipe (SOLVER / INPUT)
     crop_size: Tuple[int, ...] = (512, 512)   # semantic mapper crop; the COCO DETR mapper crops 384-600 itself
@@ -197,7 +192,7 @@ def _validate_sequences(cfg: "MaskFormerConfig") -> None:
 
 
 def _validate(cfg: "MaskFormerConfig") -> None:
-    for key, choices in (("backbone", BACKBONES), ("dataset", DATASETS), ("lr_schedule", LR_SCHEDULES)):
+    for key, choices in (("backbone", BACKBONES), ("dataset", tuple(DATASET_SPECS)), ("lr_schedule", LR_SCHEDULES)):
         if getattr(cfg, key) not in choices:
             raise ValueError(f"MaskFormerConfig.{key} must be one of {choices}, got {getattr(cfg, key)!r}")
     _validate_numbers(cfg)
@@ -207,9 +202,22 @@ def _validate(cfg: "MaskFormerConfig") -> None:
     if cfg.conv_dim % 32:
         raise ValueError(f"MaskFormerConfig.conv_dim must be a multiple of 32 (GroupNorm(32)), got {cfg.conv_dim}")
     # a panoptic class id is a category of the dataset's json: ids past its count name nothing
-    if cfg.dataset in ("coco_panoptic", "ade20k_panoptic") and cfg.num_classes > _NUM_CLASSES[cfg.dataset]:
-        raise ValueError(f"MaskFormerConfig.num_classes={cfg.num_classes} exceeds the {_NUM_CLASSES[cfg.dataset]} "
+    spec = get_dataset_spec(cfg.dataset)
+    if spec.task == "panoptic" and spec.num_classes is not None and cfg.num_classes > spec.num_classes:
+        raise ValueError(f"MaskFormerConfig.num_classes={cfg.num_classes} exceeds the {spec.num_classes} "
                          f"categories of dataset {cfg.dataset!r}")
+    _validate_classes(cfg)
+
+
+def _validate_classes(cfg: "MaskFormerConfig") -> None:
+    if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
+        _fail("class_names", f"empty or {cfg.num_classes} names (num_classes)", f"{len(cfg.class_names)} names")
+    if cfg.class_colors and (len(cfg.class_colors) != 3 * cfg.num_classes
+                             or not all(isinstance(v, int) and 0 <= v <= 255 for v in cfg.class_colors)):
+        _fail("class_colors", f"empty or {3 * cfg.num_classes} values in 0..255 (r, g, b per class)",
+              f"{len(cfg.class_colors)} values")
+    if not all(isinstance(v, int) and 0 <= v < cfg.num_classes for v in cfg.thing_class_ids):
+        _fail("thing_class_ids", f"class ids in [0, {cfg.num_classes})", cfg.thing_class_ids)
 
 
 _FIELD_TYPES = typing.get_type_hints(MaskFormerConfig)
@@ -276,39 +284,18 @@ def _backbone_settings(backbone: str) -> Dict[str, Any]:
 
 
 def _recipe(backbone: str, dataset: str) -> Dict[str, Any]:
-    """SOLVER/INPUT/TEST values of the official config for this backbone and dataset."""
+    """SOLVER/INPUT/TEST values of the official config for this backbone and dataset: the
+    dataset's recipe (dataset_specs), then what the backbone changes in it."""
     swin = backbone.startswith("swin")
-    r: Dict[str, Any] = dict(num_classes=_NUM_CLASSES[dataset], dataset=dataset)
-    if dataset in ("ade20k", "ade20k_full"):
-        r.update(batch_size=16, crop_size=(512, 512), max_iter=160000 if dataset == "ade20k" else 200000,
-                 test_short_side=512, test_max_size=2048)
-        if dataset == "ade20k" and backbone in ("swin_base", "swin_large"):
-            r.update(crop_size=(640, 640), test_short_side=640, test_max_size=2560)
-    elif dataset == "ade20k_panoptic":
-        # configs/ade20k-150-panoptic/maskformer_panoptic_R50_bs16_720k.yaml: the ADE20K recipe at
-        # 640 with +6Enc, 720k iterations and the panoptic test thresholds
-        r.update(batch_size=16, crop_size=(640, 640), max_iter=720000, test_short_side=640, test_max_size=2560,
-                 object_mask_threshold=0.7, overlap_threshold=0.8, sem_seg_postprocess_before_inference=True)
-        if not swin:
-            r.update(pixel_decoder_encoder_layers=6)
-    elif dataset == "coco_stuff":
-        r.update(batch_size=32, crop_size=(640, 640), max_iter=60000, test_short_side=640, test_max_size=2560)
-    elif dataset == "cityscapes":
-        r.update(batch_size=16, crop_size=(512, 1024), max_iter=90000, test_short_side=1024, test_max_size=2048)
-    elif dataset == "mapillary":
-        r.update(batch_size=16, crop_size=(1280, 1280), max_iter=300000, test_short_side=2048, test_max_size=8192)
-    elif dataset == "coco_panoptic":
-        # DETR panoptic recipe: 554k iterations at batch 64 (~300 epochs), one lr step at 2/3.
-        # The official WARMUP_ITERS 10 comes with WARMUP_FACTOR 1.0, i.e. no warmup in effect.
-        # SIZE_DIVISIBILITY 0 ("COCO model should not pad image", inherited by the Swin configs);
-        # PANOPTIC_ON, hence postprocessing before inference
-        r.update(batch_size=64, crop_size=(800, 1333), max_iter=554400, lr_schedule="multistep",
-                 lr_steps=(369600,), warmup_iters=0, test_short_side=800, test_max_size=1333,
-                 size_divisibility=0, sem_seg_postprocess_before_inference=True)
-        if swin:
-            r.update(enforce_input_project=True)
-        else:
-            r.update(pixel_decoder_encoder_layers=6)  # "+6Enc"
+    spec = get_dataset_spec(dataset)
+    r: Dict[str, Any] = dict(num_classes=spec.num_classes, dataset=dataset, ignore_value=spec.ignore_label,
+                             **spec.recipe)
+    if dataset == "ade20k" and backbone in ("swin_base", "swin_large"):
+        r.update(crop_size=(640, 640), test_short_side=640, test_max_size=2560)
+    if spec.task == "panoptic" and not swin:
+        r.update(pixel_decoder_encoder_layers=6)  # "+6Enc" (COCO and ADE20K panoptic R50/R101)
+    if dataset == "coco_panoptic" and swin:
+        r.update(enforce_input_project=True)
     if swin:  # the Swin configs' SOLVER block: linear warmup from 1e-6 over 1500 iterations
         r.update(base_lr=6e-5, weight_decay=0.01, backbone_lr_multiplier=1.0, warmup_iters=1500)
     return r
@@ -329,9 +316,7 @@ _PRESETS = _build_presets()
 
 def thing_classes(dataset: str) -> Tuple[int, ...]:
     """Contiguous ids of the thing classes of a panoptic dataset (() for the semantic ones)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    return _THING_CLASSES.get(dataset, ())
+    return get_dataset_spec(dataset).thing_classes
 
 
 def list_presets() -> List[str]:

@@ -15,7 +15,7 @@ through the model and post-processed back to its original size. Outputs per imag
   (mode "P") PNG carrying the dataset's colours, so that any viewer shows them; with more than
   255 classes (ADE20K-Full's 847) a uint16 PNG without colours, as mode "P" holds 256 entries;
 * panoptic: ``NAME.png``, segment ids as COCO panoptic RGB (id = R + 256 G + 256^2 B, 0 = void),
-  and ``NAME.json`` with the segments_info (id, category_id, isthing, area);
+  and ``NAME.json`` with the segments_info (id, category_id, isthing, area, name);
 * instance: ``NAME.json`` with the scores and labels, best first, and ``NAME_masks.npz`` holding
   ``masks`` (bool [k, H, W]), ``scores`` and ``labels`` in the same order;
 * every task: ``NAME_overlay.png`` (unless ``--no-overlay``), the image at its original size
@@ -191,10 +191,15 @@ def write_overlay(task: str, result, image: np.ndarray, path: str, metadata: vis
     return path
 
 
+def _named(entry: Dict, class_id: int, metadata: Optional[visualize.DatasetMetadata]) -> Dict:
+    """``entry`` with its class name (``name``) when the names are known."""
+    return entry if metadata is None else dict(entry, name=metadata.names[class_id])
+
+
 def write_result(task: str, result, output: str, name: str, num_classes: int,
                  metadata: Optional[visualize.DatasetMetadata] = None) -> List[str]:
     """Write one image's prediction under ``output`` (see the module docstring); returns the paths.
-    ``metadata`` gives a semantic label map its palette."""
+    ``metadata`` gives a semantic label map its palette, panoptic segments and instances their names."""
     base = os.path.join(output, name)
     if task == "semantic":
         palette = visualize.label_palette(metadata) if metadata is not None else None
@@ -203,14 +208,14 @@ def write_result(task: str, result, output: str, name: str, num_classes: int,
     if task == "panoptic":
         ids, segments = result
         Image.fromarray(id_to_rgb(ids.numpy())).save(base + ".png")
-        info = [{"id": s["id"], "category_id": s["category_id"], "isthing": bool(s["isthing"]),
-                 "area": int(s["area"])} for s in segments]
+        info = [_named({"id": s["id"], "category_id": s["category_id"], "isthing": bool(s["isthing"]),
+                        "area": int(s["area"])}, s["category_id"], metadata) for s in segments]
         with open(base + ".json", "w") as f:
             json.dump({"file_name": name + ".png", "segments_info": info}, f, indent=1)
         return [base + ".png", base + ".json"]
     with open(base + ".json", "w") as f:
         json.dump({"masks_file": name + "_masks.npz",
-                   "instances": [{"score": float(s), "label": int(c)}
+                   "instances": [_named({"score": float(s), "label": int(c)}, int(c), metadata)
                                  for s, c in zip(result["scores"].tolist(), result["labels"].tolist())]}, f, indent=1)
     np.savez_compressed(base + "_masks.npz", masks=result["masks"].numpy(), scores=result["scores"].float().numpy(),
                         labels=result["labels"].numpy())
@@ -314,12 +319,13 @@ def build_config(args, weights: Optional[Weights]):
 
 
 def build_metadata(args, cfg) -> visualize.DatasetMetadata:
-    """The dataset's class names and colours, the names replaced by --class-names FILE."""
+    """The classes' names and colours (the dataset's, or those its data recorded in the checkpoint's
+    config), the names replaced by --class-names FILE."""
     class_names = visualize.read_class_names(args.class_names) if args.class_names else None
     if class_names is not None and len(class_names) != cfg.num_classes:
         raise ValueError(f"--class-names {args.class_names} lists {len(class_names)} names but the model has "
                          f"{cfg.num_classes} classes")
-    return visualize.dataset_metadata(cfg.dataset, cfg.num_classes, class_names)
+    return visualize.config_metadata(cfg, class_names)
 
 
 def onnx_runner(model, cfg, onnx_path: Optional[str], device: str, stack: contextlib.ExitStack):
@@ -366,7 +372,7 @@ def _run(args, stack: contextlib.ExitStack) -> List[Dict]:
     thing_classes = args.thing_classes
     if thing_classes is None:
         from .config import thing_classes as dataset_thing_classes
-        thing_classes = dataset_thing_classes(cfg.dataset)
+        thing_classes = cfg.thing_class_ids or dataset_thing_classes(cfg.dataset)  # the data's, else the preset's
         if thing_classes and max(thing_classes) >= cfg.num_classes:
             raise ValueError(f"the {cfg.dataset} thing classes go up to {max(thing_classes)}, beyond "
                              f"num_classes={cfg.num_classes}: pass --thing-classes for this model")

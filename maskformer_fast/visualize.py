@@ -25,16 +25,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DatasetMetadata", "dataset_metadata", "read_class_names", "generated_palette", "instance_shades",
-           "label_palette", "draw_semantic_overlay", "draw_panoptic_overlay", "draw_instance_overlay",
+from .dataset_specs import DATASETS
+
+__all__ = ["DatasetMetadata", "dataset_metadata", "config_metadata", "read_class_names", "generated_palette",
+           "instance_shades", "label_palette", "draw_semantic_overlay", "draw_panoptic_overlay", "draw_instance_overlay",
            "draw_legend", "overlay_font", "segment_edges", "DATA_FILES"]
 
 Color = Tuple[int, int, int]
 
-# dataset key of config.DATASETS -> package data file; ADE20K panoptic uses the 150 classes of ADE20K
-DATA_FILES = {"ade20k": "ade20k.json", "ade20k_panoptic": "ade20k.json", "ade20k_full": "ade20k_full.json",
-              "coco_panoptic": "coco_panoptic.json", "coco_stuff": "coco_stuff.json",
-              "cityscapes": "cityscapes.json", "mapillary": "mapillary.json"}
+# dataset -> package data file (dataset_specs' class_file; ADE20K panoptic uses the 150 classes of ADE20K)
+DATA_FILES = {name: spec.class_file for name, spec in DATASETS.items() if spec.class_file}
 ALPHA = 0.5  # weight of the class colour; applied as an integer weight out of 256 (exact, no float ties)
 LEGEND_BACKGROUND = (32, 32, 32)
 LEGEND_TEXT = (255, 255, 255)
@@ -78,10 +78,12 @@ def _shipped(filename: str) -> Dict:
 
 
 def dataset_metadata(dataset: Optional[str], num_classes: Optional[int] = None,
-                     class_names: Optional[Sequence[str]] = None) -> DatasetMetadata:
+                     class_names: Optional[Sequence[str]] = None, class_colors: Optional[Sequence[Color]] = None,
+                     thing_ids: Optional[Sequence[int]] = None) -> DatasetMetadata:
     """Names, colours and thing flags of ``num_classes`` classes (default: the dataset's count).
 
-    ``class_names`` (a custom dataset) replaces the names and must have ``num_classes`` entries.
+    ``class_names`` (a custom dataset) replaces the names and must have ``num_classes`` entries;
+    so do ``class_colors`` the colours, and ``thing_ids`` (contiguous ids) the thing flags.
     Classes beyond the shipped ones (or of an unknown/None dataset) are named "class N" and get
     :func:`generated_palette` colours; a model with fewer classes keeps the first ones, as
     :func:`maskformer_fast.config.thing_classes` users do.
@@ -93,13 +95,28 @@ def dataset_metadata(dataset: Optional[str], num_classes: Optional[int] = None,
         raise ValueError(f"no classes: dataset {dataset!r} has no shipped names and no num_classes was given")
     if class_names is not None and len(class_names) != count:
         raise ValueError(f"{len(class_names)} class names given for {count} classes")
+    if class_colors is not None and len(class_colors) != count:
+        raise ValueError(f"{len(class_colors)} class colours given for {count} classes")
     extra = generated_palette(count)
     names = tuple(class_names) if class_names is not None else tuple(
         categories[i]["name"] if i < len(categories) else f"class {i}" for i in range(count))
     colors = tuple(tuple(categories[i]["color"]) if i < len(categories) else extra[i] for i in range(count))
     isthing = tuple(i < len(categories) and bool(categories[i]["isthing"]) for i in range(count))
     source = shipped.get("palette_source", "generated_palette (no shipped metadata)")
+    if class_colors is not None:
+        colors, source = tuple(tuple(int(v) for v in c) for c in class_colors), "the dataset's own colours"
+    if thing_ids is not None:
+        things = set(thing_ids)
+        isthing = tuple(i in things for i in range(count))
     return DatasetMetadata(names, colors, isthing, source)
+
+
+def config_metadata(cfg, class_names: Optional[Sequence[str]] = None) -> DatasetMetadata:
+    """The classes of a model config: ``class_names`` (e.g. --class-names), else the names, colours
+    and things its data recorded (``cfg.class_names``...), else its dataset's shipped ones."""
+    colors = [tuple(cfg.class_colors[i:i + 3]) for i in range(0, len(cfg.class_colors), 3)]
+    return dataset_metadata(cfg.dataset, cfg.num_classes, class_names or cfg.class_names or None, colors or None,
+                            cfg.thing_class_ids or None)
 
 
 def read_class_names(path: str) -> List[str]:

@@ -26,7 +26,16 @@ def test_preset_dataset_mismatch_is_refused_unless_num_classes_is_set():
     assert (cfg.dataset, cfg.num_classes, cfg.crop_size) == ("cityscapes", 19, (512, 512))  # ADE20K recipe kept
 
 
-def test_preset_without_a_reader_is_refused():
-    with pytest.raises(ValueError, match="maskformer_r50_mapillary is for dataset mapillary, which train.py has no "
-                                         "reader for"):
-        _config("--preset", "maskformer_r50_mapillary")
+def test_every_preset_dataset_has_a_reader_and_custom_data_names_its_classes():
+    args, cfg = _config("--preset", "maskformer_r50_mapillary")
+    assert args.dataset == "mapillary" and cfg.num_classes == 65
+    args, cfg = _config("--preset", "maskformer_r101_ade20k_full")
+    assert (args.dataset, cfg.num_classes, cfg.ignore_value) == ("ade20k_full", 847, 65535)
+    # custom data: the recipe of maskformer_r50_ade20k / _coco_panoptic, no num_classes=N needed
+    # (prepare() takes it from the data)
+    args, cfg = _config("--dataset", "semantic_folder")
+    assert (cfg.name, cfg.dataset) == ("maskformer_r50_ade20k", "semantic_folder")
+    args, cfg = _config("--dataset", "coco_panoptic_custom")
+    assert (cfg.name, cfg.dataset, cfg.size_divisibility) == ("maskformer_r50_coco_panoptic", "coco_panoptic_custom", 0)
+    args, cfg = _config("--preset", "maskformer_swin_t_cityscapes", "--dataset", "semantic_folder")
+    assert (cfg.dataset, cfg.crop_size, cfg.ignore_value) == ("semantic_folder", (512, 1024), 255)

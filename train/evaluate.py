@@ -16,7 +16,7 @@ from PIL import Image
 from maskformer_fast.evaluation import SemanticEvaluator, pq_compute
 from maskformer_fast.predictor import Predictor
 from maskformer_fast.preprocessing import id_to_rgb, save_label_map
-from maskformer_fast.visualize import dataset_metadata, label_palette
+from maskformer_fast.visualize import config_metadata, label_palette
 from train.datasets import SegmentationDataset
 
 __all__ = ["evaluate"]
@@ -45,7 +45,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, cfg, device, 
         if info.task == "semantic":
             evaluator = SemanticEvaluator(cfg.num_classes, info.ignore_label)
             pred_dir = os.path.join(output_dir, "semantic_predictions")
-            palette = label_palette(dataset_metadata(info.name, cfg.num_classes))  # predict's palette PNGs
+            palette = label_palette(config_metadata(cfg))  # predict's palette PNGs
             if save_semantic:
                 os.makedirs(pred_dir, exist_ok=True)
             for i in indices:

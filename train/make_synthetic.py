@@ -9,23 +9,27 @@ Everything is drawn from ``--seed``, so the same arguments give the same files.
 The files carry the real datasets' names, so ``--out`` must be empty or new: a folder holding
 anything is refused (it may be the real dataset) unless ``--overwrite``.
 
-Layouts written (the same the readers in ``train/datasets.py`` expect):
-  ade20k         DIR/ADEChallengeData2016/images/{training,validation}/*.jpg
-                 DIR/ADEChallengeData2016/annotations/{training,validation}/*.png  (0 = other)
+Layouts written: those the readers in ``train/datasets.py`` expect, as each dataset's entry in
+``maskformer_fast.dataset_specs`` describes it (folders, stems, label values and file format):
+  ade20k           DIR/ADEChallengeData2016/images/{training,validation}/*.jpg + annotations/.../*.png (0 = other)
+  ade20k_full      DIR/ADE20K_2021_17_01/images_detectron2/{training,validation}/*.jpg +
+                   annotations_detectron2/.../*.tif (16-bit trainIds 0..846, 65535 = unlabelled)
   ade20k_panoptic  DIR/ADEChallengeData2016/images/{training,validation}/*.jpg,
-                 DIR/ADEChallengeData2016/ade20k_panoptic_{train,val}.json + ade20k_panoptic_{train,val}/*.png
-                 (as the official prepare_ade20k_pan_seg.py writes them: categories 0..149)
-  coco_panoptic  DIR/{train2017,val2017}/*.jpg, DIR/annotations/panoptic_{train,val}2017.json
-                 DIR/annotations/panoptic_{train,val}2017/*.png  (id = R + 256 G + 256^2 B)
-  coco_stuff     DIR/images_detectron2/{train,test}/*.jpg
-                 DIR/annotations_detectron2/{train,test}/*.png  (0..170, 255 = unlabeled)
-  cityscapes     DIR/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png
-                 DIR/gtFine/{train,val}/CITY/*_gtFine_labelTrainIds.png  (0..18, 255 = void)
+                   ade20k_panoptic_{train,val}.json + ade20k_panoptic_{train,val}/*.png (categories 0..149)
+  coco_panoptic    DIR/{train2017,val2017}/*.jpg, DIR/annotations/panoptic_{train,val}2017.json +
+                   panoptic_{train,val}2017/*.png (id = R + 256 G + 256^2 B)
+  coco_stuff       DIR/images_detectron2/{train,test}/*.jpg + annotations_detectron2/.../*.png (0..170, 255)
+  cityscapes       DIR/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png + gtFine/.../*_gtFine_labelTrainIds.png
+  mapillary        DIR/mapillary_vistas/{training,validation}/images/*.jpg + v1.2/labels/*.png
+                   (palette PNGs with the Vistas colours, 65 = unlabeled)
+  semantic_folder  DIR/images/{train,val}/*.jpg, DIR/annotations/{train,val}/*.png (255 = ignore),
+                   DIR/classes.json (names and colours)
+  coco_panoptic_custom  DIR/images/{train,val}/*.jpg, DIR/annotations/panoptic_{train,val}.json +
+                   panoptic_{train,val}/*.png (four categories with ids 7, 8, 42, 99)
 """
 import argparse
 import json
 import os
-from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -33,41 +37,22 @@ from PIL import Image, ImageDraw
 
 from maskformer_fast.cli_errors import run_cli
 from maskformer_fast.config import thing_classes
+from maskformer_fast.dataset_specs import DATASETS as SPECS, DatasetSpec, SyntheticClasses
 from maskformer_fast.preprocessing import id_to_rgb  # the COCO panoptic PNG encoding, shared
+from maskformer_fast.visualize import dataset_metadata
 
-FORMATS = ("ade20k", "ade20k_panoptic", "coco_panoptic", "coco_stuff", "cityscapes")
-
-
-@dataclass(frozen=True)
-class SyntheticClasses:
-    """Label values a format's files use: stuff for the background, things for the shapes."""
-
-    stuff: Tuple[int, ...]
-    things: Tuple[int, ...]
-    void: int
-
-
-# ADE20K raw ids (1-based, 0 = other): wall, sky, floor, tree | person, car, chair.
-# COCO-Stuff contiguous ids (0..170): person, car, dog | grass, sky-other, wall-other.
-# Cityscapes trainIds: road, building, sky | person, car, bicycle.
-# COCO panoptic category ids: person, car, dog | sky-other-merged, grass-merged, wall-other-merged.
-CLASSES = {
-    "ade20k": SyntheticClasses(stuff=(1, 3, 4, 5), things=(13, 21, 20), void=0),
-    "coco_stuff": SyntheticClasses(stuff=(112, 145, 161), things=(0, 2, 16), void=255),
-    "cityscapes": SyntheticClasses(stuff=(0, 2, 10), things=(11, 13, 18), void=255),
-    "coco_panoptic": SyntheticClasses(stuff=(187, 193, 199), things=(1, 3, 18), void=0),
-    # ADE20K panoptic category ids (0-based): wall, sky, floor, tree | person, car, chair
-    "ade20k_panoptic": SyntheticClasses(stuff=(0, 2, 3, 4), things=(12, 20, 19), void=0),
-}
+FORMATS = tuple(name for name, spec in SPECS.items() if spec.synthetic is not None)
+CLASSES: Dict[str, SyntheticClasses] = {name: SPECS[name].synthetic for name in FORMATS}
 PANOPTIC_NAMES = {1: "person", 3: "car", 18: "dog", 187: "sky-other-merged", 193: "grass-merged",
                   199: "wall-other-merged"}
-SPLITS = {  # format -> (train split dir name, val split dir name)
-    "ade20k": ("training", "validation"),
-    "ade20k_panoptic": ("training", "validation"),
-    "coco_panoptic": ("train2017", "val2017"),
-    "coco_stuff": ("train", "test"),
-    "cityscapes": ("train", "val"),
+# the custom formats' own classes: (name, colour) by stored value / category id
+CUSTOM_CLASSES = {
+    "semantic_folder": {0: ("sky", (70, 130, 180)), 1: ("grass", (107, 142, 35)), 2: ("road", (128, 64, 128)),
+                        3: ("robot", (220, 20, 60)), 4: ("kite", (250, 170, 30))},
+    "coco_panoptic_custom": {7: ("meadow", (107, 142, 35)), 8: ("cloud", (180, 180, 200)),
+                             42: ("robot", (220, 20, 60)), 99: ("kite", (250, 170, 30))},
 }
+CITIES = {"train": ("aachen", "bremen"), "val": ("frankfurt", "lindau")}  # Cityscapes stems name a city
 
 
 def class_texture(label: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -141,102 +126,111 @@ def make_scene(classes: SyntheticClasses, height: int, width: int, rng: np.rando
 
 
 def semantic_labels(segment_map: np.ndarray, labels: Sequence[int], void: int) -> np.ndarray:
-    lut = np.array([void] + list(labels), dtype=np.uint8)
+    lut = np.array([void] + list(labels), dtype=np.int64)
     return lut[segment_map]
 
 
+def _split_files(spec: DatasetSpec, out: str, split: str, i: int) -> Tuple[str, str, str, Dict[str, str]]:
+    """(stem, image folder, label folder, template values) of synthetic image ``i`` of a split."""
+    values = {"dir": spec.splits[split], "split": split}
+    stem = spec.synthetic_stem.format(n=i + 1, i=i, city=CITIES[split][i % 2], **values)
+    root = os.path.join(out, spec.root_folder)
+    return (stem, os.path.join(root, spec.image_dir.format(**values)),
+            os.path.join(root, spec.label_dirs[0].format(**values)), values)
+
+
+def save_image(image: np.ndarray, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(image).save(path, **({"quality": 95} if path.endswith(".jpg") else {}))
+
+
+def save_label(label_map: np.ndarray, path: str, spec: DatasetSpec) -> None:
+    """A label map in the dataset's file format: 8-bit PNG, palette PNG or 16-bit TIFF."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if spec.label_mode == "I;16":
+        Image.fromarray(label_map.astype(np.uint16)).save(path)
+        return
+    image = Image.fromarray(label_map.astype(np.uint8), mode="L")
+    if spec.label_mode == "P":  # the class colours, black for the values past them (unlabeled)
+        colors = dataset_metadata(spec.name).colors
+        image.putpalette([v for color in colors for v in color] + [0, 0, 0] * (256 - len(colors)))
+    image.save(path)
+
+
 def write_semantic(fmt: str, out: str, num_images: int, num_val: int, size: int, seed: int) -> None:
-    classes = CLASSES[fmt]
+    spec = SPECS[fmt]
     height, width = size, size * 4 // 3
-    for split, count, split_seed in zip(SPLITS[fmt], (num_images, num_val), (seed, seed + 10**6)):
+    for split, count, split_seed in zip(("train", "val"), (num_images, num_val), (seed, seed + 10**6)):
         for i in range(count):
             rng = np.random.default_rng([split_seed, i])
-            image, segment_map, labels = make_scene(classes, height, width, rng, with_void=i % 2 == 0)
-            label_map = semantic_labels(segment_map, labels, classes.void)
-            if fmt == "ade20k":
-                stem = f"ADE_{split}_{i + 1:08d}"
-                root = os.path.join(out, "ADEChallengeData2016")
-                image_path = os.path.join(root, "images", split, stem + ".jpg")
-                label_path = os.path.join(root, "annotations", split, stem + ".png")
-            elif fmt == "coco_stuff":
-                stem = f"COCO_train2014_{i + 1:012d}" if split == "train" else f"COCO_val2014_{i + 1:012d}"
-                image_path = os.path.join(out, "images_detectron2", split, stem + ".jpg")
-                label_path = os.path.join(out, "annotations_detectron2", split, stem + ".png")
-            else:  # cityscapes: two cities per split, PNG images
-                city = ("aachen", "bremen")[i % 2] if split == "train" else ("frankfurt", "lindau")[i % 2]
-                stem = f"{city}_{i:06d}_000019"
-                image_path = os.path.join(out, "leftImg8bit", split, city, stem + "_leftImg8bit.png")
-                label_path = os.path.join(out, "gtFine", split, city, stem + "_gtFine_labelTrainIds.png")
-            os.makedirs(os.path.dirname(image_path), exist_ok=True)
-            os.makedirs(os.path.dirname(label_path), exist_ok=True)
-            if image_path.endswith(".jpg"):
-                Image.fromarray(image).save(image_path, quality=95)
-            else:
-                Image.fromarray(image).save(image_path)
-            Image.fromarray(label_map).save(label_path)
+            image, segment_map, labels = make_scene(spec.synthetic, height, width, rng, with_void=i % 2 == 0)
+            stem, image_dir, label_dir, _ = _split_files(spec, out, split, i)
+            save_image(image, os.path.join(image_dir, stem + spec.image_suffixes[0]))
+            save_label(semantic_labels(segment_map, labels, spec.synthetic.void),
+                       os.path.join(label_dir, stem + spec.label_suffix), spec)
+    if spec.classes_file:
+        with open(os.path.join(out, spec.classes_file), "w") as f:
+            json.dump([{"name": name, "color": list(color)} for _, (name, color)
+                       in sorted(CUSTOM_CLASSES[fmt].items())], f, indent=1)
 
 
 def panoptic_categories(fmt: str) -> List[Dict]:
-    """The json's categories: COCO's six used here, or ADE20K's 150 (ids 0..149, the official things)."""
+    """The json's categories: COCO's six used here, ADE20K's 150 (ids 0..149, the official things),
+    or the custom format's four."""
     if fmt == "ade20k_panoptic":
         things = set(thing_classes("ade20k_panoptic"))
         return [{"id": k, "name": f"ade20k class {k}", "isthing": int(k in things),
                  "color": [int(c) for c in np.random.default_rng(k).integers(0, 256, size=3)]} for k in range(150)]
-    classes = CLASSES["coco_panoptic"]
+    classes = CLASSES[fmt]
     categories = []
     for cat_id in sorted(classes.things + classes.stuff):
-        colour = [int(c) for c in np.random.default_rng(cat_id).integers(0, 256, size=3)]
-        categories.append({"id": cat_id, "name": PANOPTIC_NAMES[cat_id], "supercategory": "synthetic",
+        if fmt in CUSTOM_CLASSES:
+            name, colour = CUSTOM_CLASSES[fmt][cat_id][0], list(CUSTOM_CLASSES[fmt][cat_id][1])
+        else:
+            name = PANOPTIC_NAMES[cat_id]
+            colour = [int(c) for c in np.random.default_rng(cat_id).integers(0, 256, size=3)]
+        categories.append({"id": cat_id, "name": name, "supercategory": "synthetic",
                            "isthing": int(cat_id in classes.things), "color": colour})
     return categories
 
 
-def _panoptic_paths(fmt: str, out: str, split: str, index: int):
-    """(image id, image dir, image file name, PNG dir, json path) of image `index` of a split."""
-    if fmt == "coco_panoptic":
-        image_id = index + 1
-        stem = f"{image_id:012d}"
-        name = "panoptic_" + split
-        return (image_id, os.path.join(out, split), stem, os.path.join(out, "annotations", name),
-                os.path.join(out, "annotations", name + ".json"))
-    root = os.path.join(out, "ADEChallengeData2016")
-    short = "train" if split == "training" else "val"
-    stem = f"ADE_{'train' if split == 'training' else 'val'}_{index + 1:08d}"
-    return (stem, os.path.join(root, "images", split), stem, os.path.join(root, f"ade20k_panoptic_{short}"),
-            os.path.join(root, f"ade20k_panoptic_{short}.json"))
+def _panoptic_segments(segment_map: np.ndarray, labels: Sequence[int], crowd_index: int):
+    """(segment id map, segments_info) of a drawn scene; segment k of class c gets id 1000 c + k."""
+    ids = np.zeros_like(segment_map)
+    segments_info = []
+    for k, label in enumerate(labels, start=1):
+        inside = segment_map == k
+        area = int(inside.sum())
+        if area == 0:  # fully covered by later shapes
+            continue
+        segment_id = label * 1000 + k
+        ids[inside] = segment_id
+        ys, xs = np.nonzero(inside)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        segments_info.append({"id": segment_id, "category_id": label, "area": area, "bbox": bbox,
+                              "iscrowd": int(k == crowd_index)})
+    return ids, segments_info
 
 
 def write_panoptic(fmt: str, out: str, num_images: int, num_val: int, size: int, seed: int) -> None:
-    classes = CLASSES[fmt]
+    spec = SPECS[fmt]
     height, width = size, size * 4 // 3
-    for split, count, split_seed in zip(SPLITS[fmt], (num_images, num_val), (seed, seed + 10**6)):
+    for split, count, split_seed in zip(("train", "val"), (num_images, num_val), (seed, seed + 10**6)):
         images, annotations = [], []
         for i in range(count):
-            image_id, image_dir, stem, png_dir, json_path = _panoptic_paths(fmt, out, split, i)
-            os.makedirs(png_dir, exist_ok=True)
-            os.makedirs(image_dir, exist_ok=True)
+            stem, image_dir, png_dir, values = _split_files(spec, out, split, i)
+            image_id = int(stem) if stem.isdigit() else stem  # COCO's ids are numbers, ADE20K's the stems
             rng = np.random.default_rng([split_seed, i])
-            image, segment_map, labels = make_scene(classes, height, width, rng, with_void=i % 2 == 0)
+            image, segment_map, labels = make_scene(spec.synthetic, height, width, rng, with_void=i % 2 == 0)
             # COCO: every third image marks its last thing instance as a crowd region (ADE20K has none).
             crowd_index = len(labels) if fmt == "coco_panoptic" and i % 3 == 0 else -1
-            ids = np.zeros_like(segment_map)
-            segments_info = []
-            for k, label in enumerate(labels, start=1):
-                inside = segment_map == k
-                area = int(inside.sum())
-                if area == 0:  # fully covered by later shapes
-                    continue
-                segment_id = label * 1000 + k
-                ids[inside] = segment_id
-                ys, xs = np.nonzero(inside)
-                bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-                segments_info.append({"id": segment_id, "category_id": label, "area": area, "bbox": bbox,
-                                      "iscrowd": int(k == crowd_index)})
-            Image.fromarray(image).save(os.path.join(image_dir, stem + ".jpg"), quality=95)
-            Image.fromarray(id_to_rgb(ids)).save(os.path.join(png_dir, stem + ".png"))
+            ids, segments_info = _panoptic_segments(segment_map, labels, crowd_index)
+            save_image(image, os.path.join(image_dir, stem + ".jpg"))
+            save_image(id_to_rgb(ids), os.path.join(png_dir, stem + ".png"))
             images.append({"id": image_id, "file_name": stem + ".jpg", "height": height, "width": width})
             annotations.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments_info})
         if count:
+            json_path = os.path.join(out, spec.root_folder, spec.panoptic_json.format(**values))
             with open(json_path, "w") as f:
                 json.dump({"images": images, "annotations": annotations, "categories": panoptic_categories(fmt)}, f)
 
@@ -258,7 +252,7 @@ def make_synthetic(fmt: str, out: str, num_images: int, size: int, seed: int, nu
         raise ValueError(f"--num-images must be positive, got {num_images}")
     if num_val < 0:
         num_val = max(1, num_images // 4)
-    if fmt in ("coco_panoptic", "ade20k_panoptic"):
+    if SPECS[fmt].task == "panoptic":
         write_panoptic(fmt, out, num_images, num_val, size, seed)
     else:
         write_semantic(fmt, out, num_images, num_val, size, seed)

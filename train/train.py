@@ -1,4 +1,6 @@
-"""Train and evaluate MaskFormer on ADE20K, COCO panoptic, COCO-Stuff or Cityscapes.
+"""Train and evaluate MaskFormer on any dataset of maskformer_fast.dataset_specs (ADE20K, ADE20K-Full,
+ADE20K panoptic, COCO panoptic, COCO-Stuff, Cityscapes, Mapillary Vistas) or on custom data
+(``--dataset semantic_folder`` or ``coco_panoptic_custom``, see train/datasets.py).
 
     python train/train.py --preset maskformer_r50_ade20k --dataset ade20k --data-root DIR \
         --output out/r50_ade [--max-iter N] [--batch-size B] [--crop S] [--engine eager|fast|auto] \
@@ -21,6 +23,11 @@ format: Detectron2 ``.pkl``, torchvision/timm/Swin ``.pth``/``.safetensors``, HF
 random), ``--init-weights FILE`` (a whole MaskFormer checkpoint to fine-tune; another number of
 classes re-initialises the class head), or random weights; ``--resume`` takes everything from
 its checkpoint instead.
+Custom data names its own classes (classes.json, or the panoptic json's categories): num_classes,
+the class names and colours (and panoptic things) are taken from the data, said so at start-up,
+and recorded in the checkpoints' config, where predict finds them. A custom dataset trains the
+recipe of ``maskformer_r50_ade20k`` (semantic_folder) or ``maskformer_r50_coco_panoptic``
+(coco_panoptic_custom) unless ``--preset`` names another.
 
 SIGTERM / SIGINT / SIGUSR1 stop training at the end of the current iteration with a
 checkpoint of it; the process then exits with 128 + the signal number (``--resume`` goes on).
@@ -53,12 +60,13 @@ import torch.distributed as dist  # noqa: E402
 import maskformer_fast as mf  # noqa: E402
 from maskformer_fast import ops  # noqa: E402
 from maskformer_fast.cli_errors import run_cli  # noqa: E402
+from maskformer_fast.dataset_specs import get_dataset_spec  # noqa: E402
 from maskformer_fast.predictor import resolve_device  # noqa: E402
 from maskformer_fast.weights import Weights, config_for_weights, load_weights, read_weights  # noqa: E402
 from train.checkpoint import (CheckpointManager, atomic_write_text,  # noqa: E402
                               remove_stale_temporaries, rng_state, set_rng_state)
 from train.check_data import QUICK_SCAN_MAX, require_clean  # noqa: E402
-from train.datasets import DATASETS, SegmentationDataset, build_dataset  # noqa: E402
+from train.datasets import DATASETS, DatasetInfo, SegmentationDataset, build_dataset  # noqa: E402
 from train.make_synthetic import make_synthetic  # noqa: E402
 from train.preemption import StopRequest, ignore_stop_signals  # noqa: E402
 from train.resume import check_resume, restore  # noqa: E402
@@ -87,7 +95,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "maskformer_r50_<dataset>)")
     p.add_argument("--dataset", default=None, choices=DATASETS,
                    help="default: the preset's dataset (ade20k without --preset); another dataset than the "
-                        "preset's needs num_classes=N")
+                        "preset's needs num_classes=N, except semantic_folder / coco_panoptic_custom, whose "
+                        "classes come from the data")
     p.add_argument("--data-root", default=None,
                    help="dataset folder; without it a synthetic dataset is written under OUTPUT/synthetic_data")
     p.add_argument("--output", default=None,
@@ -247,10 +256,14 @@ def collate_train(batch: List[Dict], pixel_mean, pixel_std):
     return images, targets, batch[-1]["position"]
 
 
+# DatasetSpec.train_mapper -> the mapper: COCO panoptic trains with the DETR mapper, the others
+# (ADE20K panoptic too) with the semantic one
+TRAIN_MAPPERS = {"semantic": SemanticTrainMapper, "detr_panoptic": PanopticTrainMapper}
+
+
 def build_train_loader(dataset: SegmentationDataset, cfg, seed: int, d: Dist, per_rank_batch: int,
                        num_workers: int, position: Dict) -> Iterator:
-    # COCO panoptic trains with the DETR mapper; the others (ADE20K panoptic too) with the semantic one
-    mapper = (PanopticTrainMapper if dataset.info.name == "coco_panoptic" else SemanticTrainMapper).from_config(cfg)
+    mapper = TRAIN_MAPPERS[get_dataset_spec(dataset.info.name).train_mapper].from_config(cfg)
     loader = torch.utils.data.DataLoader(
         MappedDataset(dataset, mapper, seed, d.rank, cfg.num_classes),
         sampler=TrainStream(dataset, seed, d, position["epoch"], position["index"]),
@@ -298,20 +311,34 @@ def build_config(args, weights: Optional[Weights] = None) -> "mf.MaskFormerConfi
             cli[key] = value
     if args.crop is not None:
         cli["crop_size"] = (args.crop, args.crop)
-    default = f"maskformer_r50_{args.dataset or 'ade20k'}"
-    cfg = config_for_weights(weights, args.preset, default, {**overrides, **cli})
+    spec = get_dataset_spec(args.dataset or "ade20k")
+    cfg = config_for_weights(weights, args.preset, f"maskformer_r50_{spec.recipe_of or spec.name}", {**overrides, **cli})
     if args.dataset is None:
-        if cfg.dataset not in DATASETS:
-            raise ValueError(f"preset {cfg.name} is for dataset {cfg.dataset}, which train.py has no reader for "
-                             f"(readers: {', '.join(DATASETS)}); pass --dataset and num_classes=N")
         args.dataset = cfg.dataset
     elif args.dataset != cfg.dataset:
-        if "num_classes" not in cli:
+        if "num_classes" not in cli and not spec.classes_from_data:
             raise ValueError(f"--dataset {args.dataset} does not match preset {cfg.name} (dataset {cfg.dataset}, "
                              f"{cfg.num_classes} classes): use a {args.dataset} preset, or override num_classes=N "
                              f"to train this preset's recipe on {args.dataset}")
-        cfg = dataclasses.replace(cfg, dataset=args.dataset)
+        cfg = dataclasses.replace(cfg, dataset=args.dataset, ignore_value=spec.ignore_label, class_names=(),
+                                  class_colors=(), thing_class_ids=())
     return cfg
+
+
+def config_from_data(cfg, info: DatasetInfo, log: Callable[..., None]) -> "mf.MaskFormerConfig":
+    """A dataset that names its own classes (custom data) sets num_classes, the names, colours and
+    things of the config (so checkpoints record them); the others leave it as it is."""
+    if not get_dataset_spec(info.name).classes_from_data:
+        return cfg
+    names = info.class_names
+    new = dataclasses.replace(cfg, num_classes=len(names), class_names=tuple(names),
+                              class_colors=tuple(v for color in info.class_colors for v in color),
+                              thing_class_ids=tuple(info.thing_classes))
+    source = info.panoptic_json or "classes.json"
+    change = f" (the config said {cfg.num_classes})" if cfg.num_classes != new.num_classes else ""
+    log(f"note: {new.num_classes} classes from the data ({source}){change}: "
+        + ", ".join(names[:8]) + (", ..." if len(names) > 8 else ""))
+    return new
 
 
 # --------------------------------------------------------------------------- training
@@ -428,8 +455,10 @@ def prepare(args, d: Dist, device: torch.device) -> Tuple[Job, Optional[Weights]
     weights = read_weights(args.weights) if args.eval_only else None
     cfg = build_config(args, weights)
     root = args.data_root if args.data_root is not None else synthetic_root(args)
-    job = Job(args, d, device, cfg, root, build_dataset(args.dataset, root, args.eval_split),
-              log=print if d.main else (lambda *a, **k: None))
+    eval_set = build_dataset(args.dataset, root, args.eval_split)
+    log = print if d.main else (lambda *a, **k: None)
+    cfg = config_from_data(cfg, eval_set.info, log)
+    job = Job(args, d, device, cfg, root, eval_set, log=log)
     if not args.check_data:
         job.metrics = MetricsLog(args.output, d.main)
         torch.manual_seed(args.seed)
@@ -481,6 +510,7 @@ def train(job: Job) -> Dict[str, float]:
     """Train from iteration 0 or the --resume checkpoint to max_iter; the last evaluation's metrics."""
     args, cfg, d = job.args, job.cfg, job.d
     train_set = build_dataset(args.dataset, job.root, "train")
+    require_same_classes(train_set.info, job.eval_set.info)
     scan = [(s, ds) for s, ds in ((args.eval_split, job.eval_set), ("train", train_set)) if len(ds) <= QUICK_SCAN_MAX]
     if d.main and scan:
         require_clean(scan, cfg.num_classes)  # small datasets: find bad files before the first iteration
@@ -508,6 +538,14 @@ def train(job: Job) -> Dict[str, float]:
     if stop is not None:  # not finished: 128 + signal number, as if the signal had ended it
         raise SystemExit(128 + (stop.signum or signal.SIGTERM))
     return results
+
+
+def require_same_classes(train: DatasetInfo, evaluated: DatasetInfo) -> None:
+    """The splits of a dataset that names its own classes must name the same ones."""
+    if (train.class_names, train.thing_classes) != (evaluated.class_names, evaluated.thing_classes):
+        where = f"{train.panoptic_json} and {evaluated.panoptic_json}" if train.panoptic_json else "the splits"
+        raise ValueError(f"{train.name}: {where} list different classes ({len(train.class_names)} vs "
+                         f"{len(evaluated.class_names)}, or other names or things)")
 
 
 def new_train_state(job: Job) -> TrainState:
