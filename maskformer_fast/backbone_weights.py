@@ -38,7 +38,7 @@ from torch import nn
 from .backbone import ResNetBackbone, SwinBackbone
 from .convert import (_SKIP_BN_COUNTER, Rule, Skip, _d2_resnet_rules, _d2_swin_rules, _hf_backbone_name,
                       _hf_resnet_rules, _hf_swin_rules, _rename, load_state_strict, read_checkpoint)
-from .weights import hf_folder_file
+from .weights import hf_folder_file, read_hf_folder
 
 __all__ = ["BackboneWeightsReport", "load_backbone_weights", "read_backbone_file"]
 
@@ -121,14 +121,15 @@ class BackboneWeightsReport:
 
 def read_backbone_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
     """{name: tensor} of a weights file, or of an HF ``save_pretrained`` folder (``model.safetensors``
-    or ``pytorch_model.bin``; its ``config.json`` is checked for options the tensors do not show)."""
+    or ``pytorch_model.bin``, whole or sharded; its ``config.json`` is checked for options the
+    tensors do not show)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         return read_checkpoint(path)
-    found = hf_folder_file(path)
+    hf_folder_file(path)  # FileNotFoundError for a folder that is no HF save, before its config is read
     if os.path.isfile(os.path.join(path, "config.json")):
         _check_hf_config(path)
-    return read_checkpoint(found)
+    return read_hf_folder(path)
 
 
 def _check_hf_config(folder: str) -> None:
@@ -169,6 +170,10 @@ def _detect(source: Dict[str, Tensor], path: str) -> _Layout:
         marker = re.compile(layout.marker)
         if any(marker.fullmatch(name) for name in source):
             return layout
+    if "conv1_w" in source and "res_conv1_bn_s" in source:
+        raise ValueError(f"{path} is a Detectron2 MSRA (Caffe2) ResNet: it strides in the 1x1 conv and takes BGR "
+                         f"0-255 input, unlike the backbone MaskFormer's configs train; use the torchvision "
+                         f"conversion detectron2://ImageNetPretrained/torchvision/R-50.pkl (or R-101.pkl)")
     if any(_WHOLE_MODEL.fullmatch(name) for name in source):
         raise ValueError(f"{path} holds a whole MaskFormer checkpoint, not backbone weights: load it with "
                          f"--init-weights (mf.init_from_checkpoint) or --weights")

@@ -182,8 +182,10 @@ _SPECS = (
     DatasetSpec("mapillary", "Mapillary Vistas v1.2", "semantic", "paired", _ADE_SPLITS, "{dir}/images",
                 ("{dir}/v1.2/labels", "{dir}/labels"), root_folder="mapillary_vistas", num_classes=65,
                 class_file="mapillary.json", raw_ignore=65, label_mode="P",
+                # Base-MapillaryVistas-65.yaml: MIN_SIZE_TEST 2048 and MAX_SIZE_TEST 2048, i.e. the long
+                # side is 2048 (8192 there is MAX_SIZE_TRAIN)
                 recipe=dict(batch_size=16, crop_size=(1280, 1280), max_iter=300000, test_short_side=2048,
-                            test_max_size=8192),
+                            test_max_size=2048),
                 # road, building, sky | person, car, bicycle
                 synthetic=SyntheticClasses(stuff=(13, 17, 27), things=(19, 55, 52), void=65),
                 synthetic_stem="{n:06d}"),

@@ -2,6 +2,7 @@
 dicts, the official model-zoo files and HF save_pretrained folders, for predict, evaluation and
 fine-tuning (:func:`init_from_checkpoint`) alike."""
 import dataclasses
+import json
 import os
 import warnings
 from typing import Dict, List, Optional, Tuple
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 __all__ = ["Weights", "read_weights", "load_weights", "config_for_weights", "rng_state_globals",
-           "hf_folder_file", "InitReport", "init_from_checkpoint"]
+           "hf_folder_file", "read_hf_folder", "InitReport", "init_from_checkpoint"]
 
 
 @dataclasses.dataclass
@@ -39,21 +40,50 @@ def rng_state_globals() -> List:
     return allowed + [(_reconstruct, f"{m}._reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")]
 
 
+_HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
 def hf_folder_file(folder: str) -> str:
-    """The weights file of an HF ``save_pretrained`` folder (``model.safetensors`` or ``pytorch_model.bin``)."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    """The weights file of an HF ``save_pretrained`` folder: ``model.safetensors`` or
+    ``pytorch_model.bin``, or the ``.index.json`` of a sharded save."""
+    for name in _HF_WEIGHTS + tuple(n + ".index.json" for n in _HF_WEIGHTS):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    raise FileNotFoundError(f"{folder} is a folder without model.safetensors or pytorch_model.bin "
-                            f"(expected an HF save_pretrained folder)")
+    raise FileNotFoundError(f"{folder} is a folder without model.safetensors or pytorch_model.bin (or their "
+                            f".index.json; expected an HF save_pretrained folder)")
+
+
+def read_hf_folder(folder: str) -> Dict[str, torch.Tensor]:
+    """{name: tensor} of an HF ``save_pretrained`` folder, one file or shards named by an index."""
+    from .convert import read_checkpoint
+    found = hf_folder_file(folder)
+    if not found.endswith(".index.json"):
+        return read_checkpoint(found)
+    try:
+        with open(found) as f:
+            weight_map = json.load(f)["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{found}: not an HF shard index (expected {{\"weight_map\": {{name: shard file}}}})") from None
+    tensors: Dict[str, torch.Tensor] = {}
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.basename(shard) != shard:
+            raise ValueError(f"{found}: shard {shard!r} is not a file name inside {folder}")
+        tensors.update(read_checkpoint(os.path.join(folder, shard)))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise ValueError(f"{found}: {len(missing)} tensors of the index are in none of its shards, e.g. {missing[0]}")
+    return {name: tensors[name] for name in weight_map}
 
 
 def read_weights(path: str) -> Weights:
     """The model tensors of a train.py checkpoint (``{"model": ..., "config": ...}``), a bare state
     dict, an official ``.pkl``/``.pth`` or an HF folder. FileNotFoundError / ValueError name the file."""
-    if os.path.isdir(path) or path.endswith(".pkl") or path.endswith(".safetensors"):
+    if os.path.isdir(path):
+        return Weights(read_hf_folder(path))
+    if path.endswith(".pkl") or path.endswith(".safetensors"):
         from .convert import read_checkpoint
-        return Weights(read_checkpoint(hf_folder_file(path) if os.path.isdir(path) else path))
+        return Weights(read_checkpoint(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -213,6 +214,29 @@ def test_hf_resnet(hf_resnet, fmt, image, tmp_path):
         assert_features(ours(image), reference)
 
 
+def test_hf_sharded_folder(hf_resnet, image, tmp_path):
+    """save_pretrained with a small max_shard_size writes model.safetensors.index.json + shards."""
+    source, _, reference = hf_resnet
+    folder = tmp_path / "sharded"
+    source.save_pretrained(folder, max_shard_size="20MB")
+    shards = sorted(p.name for p in folder.glob("model-*.safetensors"))
+    assert (folder / "model.safetensors.index.json").is_file() and len(shards) > 1, shards
+    ours = ResNetBackbone(50).eval()
+    report = mf.load_backbone_weights(ours, folder)
+    assert report.format == "HF transformers ResNet" and sorted(report.loaded) == sorted(ours.state_dict())
+    with torch.no_grad():
+        assert_features(ours(image), reference)
+    # an index naming a shard outside the folder, or tensors no shard holds: one line naming the index
+    index = folder / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    index.write_text(json.dumps({"weight_map": {**weight_map, "extra.weight": shards[0]}}))
+    with pytest.raises(ValueError, match=r"index\.json: 1 tensors of the index are in none of its shards"):
+        mf.load_backbone_weights(ours, folder)
+    index.write_text(json.dumps({"weight_map": {name: "../" + shard for name, shard in weight_map.items()}}))
+    with pytest.raises(ValueError, match=r"is not a file name inside"):
+        mf.load_backbone_weights(ours, folder)
+
+
 def test_hf_folder_config_with_other_forward_is_refused(hf_resnet, tmp_path):
     """downsample_in_bottleneck strides in the 1x1 conv: same shapes, other outputs."""
     _, folder, _ = hf_resnet
@@ -335,6 +359,9 @@ def test_shape_mismatch_and_unknown_names_are_errors_naming_tensors(r50_d2):
     extra = dict(names, **{"res2.0.conv4.extra": names["stem.conv1.weight"]})
     with pytest.raises(ValueError, match=r"no mapping.*res2\.0\.conv4\.extra"):
         mf.load_backbone_weights(r50, save_pkl(folder / "extra.pkl", {"model": extra}))
+    nan = dict(names, **{"res4.1.conv1.norm.running_var": np.full_like(names["res4.1.conv1.norm.running_var"], np.nan)})
+    with pytest.raises(ValueError, match=r"nan\.pkl: 1 tensors contain NaN.*layer3\.1\.bn1\.running_var"):
+        mf.load_backbone_weights(r50, save_pkl(folder / "nan.pkl", {"model": nan}))
     missing = {k: v for k, v in names.items() if not k.startswith("res5.2.")}
     with pytest.raises(ValueError, match=r"missing from the checkpoint.*layer4\.2\.bn1\.bias"):
         mf.load_backbone_weights(r50, save_pkl(folder / "missing.pkl", {"model": missing}))
@@ -347,6 +374,9 @@ def test_wrong_files_are_refused(r50_d2):
         mf.load_backbone_weights(build_backbone("resnet101c"), pkl)
     with pytest.raises(ValueError, match=r"R-50\.pkl holds a Detectron2 ResNet.*SwinBackbone"):
         mf.load_backbone_weights(SwinBackbone("swin_tiny"), pkl)
+    msra = {"conv1_w": np.zeros((64, 3, 7, 7), np.float32), "res_conv1_bn_s": np.ones(64, np.float32)}
+    with pytest.raises(ValueError, match=r"MSRA.*torchvision/R-50\.pkl"):
+        mf.load_backbone_weights(r50, save_pkl(folder / "msra.pkl", {"model": msra}))
     (folder / "notes.txt").write_text("not weights\n")
     with pytest.raises(ValueError, match=r"notes\.txt"):
         mf.load_backbone_weights(r50, folder / "notes.txt")

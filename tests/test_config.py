@@ -113,6 +113,25 @@ def test_ade20k_panoptic_recipe_and_thing_classes():
         thing_classes("pascal")
 
 
+# IMS_PER_BATCH, CROP.SIZE, MAX_ITER, MIN_SIZE_TEST, MAX_SIZE_TEST of each official Base-*.yaml
+# (facebookresearch/MaskFormer configs/*/Base-*.yaml; COCO panoptic: its R50 config's test sizes)
+OFFICIAL_BASE_RECIPES = {
+    "maskformer_r50_ade20k": (16, (512, 512), 160000, 512, 2048),
+    "maskformer_r50_ade20k_full": (16, (512, 512), 200000, 512, 2048),
+    "maskformer_r50_cityscapes": (16, (512, 1024), 90000, 1024, 2048),
+    "maskformer_r50_coco_stuff": (32, (640, 640), 60000, 640, 2560),
+    "maskformer_r50_mapillary": (16, (1280, 1280), 300000, 2048, 2048),
+    "maskformer_r50_coco_panoptic": (64, (800, 1333), 554400, 800, 1333),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL_BASE_RECIPES))
+def test_dataset_recipes_equal_the_official_base_configs(preset):
+    c = get_config(preset)
+    assert (c.batch_size, c.crop_size, c.max_iter, c.test_short_side, c.test_max_size) == \
+        OFFICIAL_BASE_RECIPES[preset]
+
+
 @pytest.mark.parametrize("overrides, needle", [
     (dict(crop_size=(0, 0)), "crop_size"),
     (dict(crop_size=(-64, 64)), "crop_size"),
