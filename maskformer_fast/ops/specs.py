@@ -1,8 +1,8 @@
 """Every hot op, declared once: its kernels and its example calls (see ``registry.OpSpec``).
 
 Adding a fused op is its kernel file in ``kernels/`` (the op function, ``unsupported``,
-``CONFIGS``), its reference in ``maskformer_fast/reference.py`` and one ``OpSpec`` here, listed in ``SPECS``; dispatch, opcheck, the compile tests and the
-benchmarks find it in ``ops.OPS``.
+``CONFIGS``), its reference in ``maskformer_fast/reference.py`` and one ``OpSpec`` here, listed
+in ``SPECS``; dispatch, opcheck, the compile tests and the benchmarks find it in ``ops.OPS``.
 The example inputs are small and odd-sized (7 queries, 9 keys, 6x5 pixels) on purpose.
 """
 import torch
@@ -16,6 +16,15 @@ def _randn(device, *shape, seed=0):
 
 def _bits(device, *shape, seed=1):
     return (torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) > 0.5).to(device)
+
+
+def _forward_backward(name: str, kernel, forward_args, backward_args):
+    """Launcher examples ``{name}_fwd`` and ``{name}_bwd`` of a kernel module with ``_forward`` and
+    ``_backward``; ``backward_args(forward outputs)`` builds the backward's arguments."""
+    def backward():
+        return kernel._backward, backward_args(kernel._forward(*forward_args))
+
+    return {f"{name}_fwd": lambda: (kernel._forward, forward_args), f"{name}_bwd": backward}
 
 
 def _ops():
@@ -37,15 +46,9 @@ def _group_norm_act_example(device):
 
 
 def _group_norm_act_launchers(device):
-    kernel = _group_norm_act_module()
     x, weight, bias = _randn(device, 2, 8, 3, 3, seed=4), _randn(device, 8, seed=1), _randn(device, 8, seed=2)
-    forward_args = (x, weight, bias, 2, 1e-5, True)
-
-    def backward():
-        y, mean, rstd = kernel._forward(*forward_args)
-        return kernel._backward, (torch.randn_like(y), x, weight, bias, mean, rstd, 2, True)
-
-    return {"group_norm_act_fwd": lambda: (kernel._forward, forward_args), "group_norm_act_bwd": backward}
+    return _forward_backward("group_norm_act", _group_norm_act_module(), (x, weight, bias, 2, 1e-5, True),
+                             lambda out: (torch.randn_like(out[0]), x, weight, bias, out[1], out[2], 2, True))
 
 
 GROUP_NORM_ACT = OpSpec("group_norm_act", (Kernel("triton", "cuda", _group_norm_act_module, "group_norm_act"),),
@@ -68,14 +71,9 @@ def _attention_example(device):
 
 def _attention_launchers(device):
     kernel = _attention_module()
-    q, k = _randn(device, 1, 2, 5, 16, seed=4), _randn(device, 1, 2, 6, 16, seed=5)
-    forward_args = (q, k, k, None, 0.25, 0.1, kernel.draw_seed(device))
-
-    def backward():
-        o, lse = kernel._forward(*forward_args)
-        return kernel._backward, (torch.randn_like(o), q, k, k, o, lse, None, 0.25, 0.1, forward_args[-1])
-
-    return {"attention_fwd": lambda: (kernel._forward, forward_args), "attention_bwd": backward}
+    q, k, seed = _randn(device, 1, 2, 5, 16, seed=4), _randn(device, 1, 2, 6, 16, seed=5), kernel.draw_seed(device)
+    return _forward_backward("attention", kernel, (q, k, k, None, 0.25, 0.1, seed),
+                             lambda out: (torch.randn_like(out[0]), q, k, k, *out, None, 0.25, 0.1, seed))
 
 
 ATTENTION = OpSpec("attention", (Kernel("triton", "cuda", _attention_module, "attention"),),
