@@ -9,7 +9,7 @@ runs of forward + criterion + backward on the same weights and the same matching
 
 * truth: the eager reference in float64 (``ops.use("eager")``, model and inputs in fp64);
 * eager: the eager reference at the working precision (fp32, or under ``--amp`` autocast);
-* fast: the kernels (``ops.use("fast")``) at the same precision.
+* fast: the kernels (``ops.use("fast")``; ``--engine auto``: the default mode) at the same precision.
 
 For the outputs, every loss term and every parameter gradient it reports the error of eager
 and of fast against the truth, and their ratio: fast passes where its error is at most
@@ -20,11 +20,13 @@ of that parameter, and the worst parameter is reported. Exit status 1 when anyth
 The matching comes from the float64 run and is reused by the other two (``criterion(...,
 matching=...)``): a near-tie decided differently at lower precision would otherwise compare
 losses of different (query, target) pairs. Without CUDA the kernels run in the Triton
-interpreter on CPU (slow: use a small ``--size`` and few layers).
+interpreter on CPU (slow: use a small ``--size`` and few layers). Bad arguments are one line on
+stderr and exit status 2; ``--json`` never overwrites a file.
 """
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -119,6 +121,9 @@ def _progress(message: str) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="maskformer_r50_ade20k")
+    p.add_argument("--engine", choices=("fast", "auto"), default="fast",
+                   help="the ops mode checked against eager: fast (every kernel, default) or auto (the kernels "
+                        "where they support the call, the references elsewhere: what runs by default)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=None,
                    help="square image side (a multiple of 32 avoids padding); default 512 on CUDA, 64 on CPU")
@@ -129,14 +134,54 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--floor", type=float, default=None,
                    help="absolute slack for quantities eager gets (almost) exactly; default 1e-6 fp32, 1e-3 amp")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--json", default=None, help="also write the rows to this new file (an existing one is refused)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     return p.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
-    args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _check_args(args: argparse.Namespace) -> torch.device:
+    """The device to run on; ValueError naming the first bad argument (before any model is built)."""
+    for name, least in (("batch", 1), ("size", 32), ("masks_per_image", 1)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    if not math.isfinite(args.factor) or args.factor <= 0:
+        raise ValueError(f"--factor must be a finite number > 0, got {args.factor}")
+    if args.floor is not None and (not math.isfinite(args.floor) or args.floor < 0):
+        raise ValueError(f"--floor must be a finite number >= 0, got {args.floor}")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: this machine has no CUDA device")
+    if args.json:
+        if os.path.lexists(args.json):
+            raise FileExistsError(f"--json {args.json} exists; give a new file (nothing is overwritten)")
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"--json {args.json}: folder {folder} does not exist")
+    for item in args.overrides:
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not KEY=VALUE")
+    return device
+
+
+def _print_rows(rows: List[ParityRow], args: argparse.Namespace, device: torch.device, floor: float) -> None:
+    print(f"parity: {args.preset} {args.batch}x3x{args.size}x{args.size} on {device}, amp={args.amp}, "
+          f"engine {args.engine}; errors against float64, {args.engine} passes at <= {args.factor:g}x eager "
+          f"(+{floor:g}; gradients {args.factor + 1:g}x, relative to each parameter's max)")
+    print(f"{'quantity':58s} {'eager err':>10s} {args.engine + ' err':>10s} {'ratio':>7s}  ")
+    for r in rows:
+        print(f"{r.name:58s} {r.eager_error:10.2e} {r.fast_error:10.2e} {r.ratio:7.2f}  {'ok' if r.ok else 'FAIL'}")
+    failed = [r.name for r in rows if not r.ok]
+    print("parity: " + ("all ok" if not failed else f"{len(failed)} FAILED: {', '.join(failed)}"))
+
+
+def run(args: argparse.Namespace) -> List[ParityRow]:
+    """The three runs and their rows (printed, and written to ``--json``)."""
+    device = _check_args(args)
     if device.type == "cpu":
         # the kernels' CPU path; read when a kernel module is first imported (by ops, below)
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -144,12 +189,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
     from .model import build_model
 
     overrides = {"dropout": 0.0, "drop_path_rate": 0.0}  # the three runs must compute one function
-    for item in args.overrides:
-        if "=" not in item:
-            raise SystemExit(f"config override {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = value
-    cfg = get_config(args.preset, **overrides)
+    overrides.update(item.split("=", 1) for item in args.overrides)
+    cfg = get_config(args.preset, **{k.strip(): v for k, v in overrides.items()})
     if args.size is None:  # the interpreter is slow: a 64^2 image still runs every kernel
         args.size = 512 if device.type == "cuda" else 64
     torch.manual_seed(args.seed)
@@ -168,26 +209,26 @@ def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
     matching = truth[3]
     _progress(f"2/3 eager run (amp={args.amp})")
     eager = _run(model, images, targets, "eager", autocast, matching)
-    _progress("3/3 fast run (the kernels" + (", interpreted on the CPU: minutes" if device.type == "cpu" else "") + ")")
-    fast = _run(model, images, targets, "fast", autocast, matching)
+    _progress(f"3/3 {args.engine} run (the kernels" + (", interpreted on the CPU: minutes" if device.type == "cpu"
+                                                      else "") + ")")
+    fast = _run(model, images, targets, args.engine, autocast, matching)
 
     rows = compare(truth[0], eager[0], fast[0], args.factor, floor)
     rows += compare(truth[1], eager[1], fast[1], args.factor, floor)
     grad_rows = compare(truth[2], eager[2], fast[2], args.factor + 1.0, floor, relative_to_max=True)
     rows += _worst(grad_rows, f"grad (worst of {len(grad_rows)}):")
-
-    print(f"parity: {args.preset} {args.batch}x3x{args.size}x{args.size} on {device}, amp={args.amp}; "
-          f"errors against float64, fast passes at <= {args.factor:g}x eager (+{floor:g}; gradients "
-          f"{args.factor + 1:g}x, relative to each parameter's max)")
-    print(f"{'quantity':58s} {'eager err':>10s} {'fast err':>10s} {'ratio':>7s}  ")
-    for r in rows:
-        print(f"{r.name:58s} {r.eager_error:10.2e} {r.fast_error:10.2e} {r.ratio:7.2f}  {'ok' if r.ok else 'FAIL'}")
-    failed = [r.name for r in rows if not r.ok]
-    print("parity: " + ("all ok" if not failed else f"{len(failed)} FAILED: {', '.join(failed)}"))
+    _print_rows(rows, args, device, floor)
     if args.json:
-        with open(args.json, "w") as f:
+        with open(args.json, "x") as f:
             json.dump({"args": vars(args), "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}, f, indent=1)
     return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[ParityRow]:
+    """The rows; bad input is one stderr line and SystemExit(2) (``--debug``: the exception)."""
+    from .cli_errors import run_cli
+    args = parse_args(argv)
+    return run_cli("parity", lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ The kernels run in the Triton interpreter (tiny model); the check must pass as s
 fail when a kernel is slightly wrong.
 """
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -48,3 +50,47 @@ def test_random_batch_targets_are_non_empty_and_disjoint():
         assert t["masks"].dtype == torch.bool and t["masks"].shape[1:] == (64, 64)
         assert len(t["labels"]) == len(t["masks"]) == len(set(t["labels"].tolist()))
         assert t["masks"].flatten(1).any(1).all() and (t["masks"].sum(0) == 1).all()
+
+
+def test_parity_auto_engine_runs_what_the_default_mode_runs(monkeypatch):
+    """--engine auto on CPU tensors: references where no CPU kernel exists, the C++ matcher."""
+    from maskformer_fast import ops
+    modes = []
+    real_use = ops.use
+    monkeypatch.setattr(ops, "use", lambda mode: modes.append(mode) or real_use(mode))
+    rows = parity.main([*TINY, "--batch", "1", "--engine", "auto", "--device", "cpu"])
+    assert modes == ["eager", "eager", "auto"] and all(r.ok for r in rows), rows
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--preset", "maskformer_r18_ade20k"], "unknown MaskFormer preset 'maskformer_r18_ade20k'"),
+    (["--size", "0"], "--size must be >= 32, got 0"),
+    (["--batch", "-1"], "--batch must be >= 1, got -1"),
+    (["--factor", "nan"], "--factor must be a finite number > 0, got nan"),
+    (["--floor", "-1"], "--floor must be a finite number >= 0, got -1.0"),
+    (["--device", "tpu9"], "--device 'tpu9' is not a device"),
+    (["--engine", "triton"], "argument --engine: invalid choice: 'triton'"),
+    (["num_decoder_layers"], "config override 'num_decoder_layers' is not KEY=VALUE"),
+    (["hidden_dim=-3"], "hidden_dim must be an integer >= 1, got -3"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parity.main(args)
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and needle in stderr[-1], stderr
+
+
+def test_the_command_exits_2_without_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "maskformer_fast.parity", "--preset", "nope"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+    assert result.stderr.startswith("parity: error: unknown MaskFormer preset 'nope'")
+
+
+def test_json_never_overwrites(tmp_path):
+    existing = tmp_path / "mine.json"
+    existing.write_text("my notes")
+    with pytest.raises(SystemExit) as exit_info:
+        parity.main([*TINY, "--json", str(existing)])
+    assert exit_info.value.code == 2 and existing.read_text() == "my notes"
