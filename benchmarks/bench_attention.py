@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import DTYPES, measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, new_file, report  # noqa: E402
 
 IMPLS = ("sdpa", "eager", "triton")
 
@@ -80,7 +80,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--small", action="store_true", help="tiny shapes (automatic without CUDA)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import DTYPES, device_name, measure, report  # noqa: E402
+from benchmarks.common import DTYPES, device_name, measure, new_file, report  # noqa: E402
 
 # Peak HBM bandwidth (GB/s) of cards we may run on, for the "% of peak" column.
 PEAK_GBPS = {"H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H200": 4800, "A100-SXM4-80GB": 2039}
@@ -68,7 +68,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="default: bf16 and fp32 on CUDA, fp32 on CPU")
     p.add_argument("--small", action="store_true", help="tiny shapes (automatic without CUDA)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"

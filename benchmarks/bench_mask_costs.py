@@ -25,7 +25,7 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import DTYPES, measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, new_file, positive_int, report  # noqa: E402
 from maskformer_fast import reference  # noqa: E402
 from maskformer_fast.kernels.mask_costs import mask_costs  # noqa: E402
 
@@ -80,13 +80,13 @@ def make_case(shape, impl, dtype, device, seed=0):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=16)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--targets", type=int, nargs="+", default=[5, 20, 50])
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--images", type=positive_int, default=16)
+    p.add_argument("--layers", type=positive_int, default=6)
+    p.add_argument("--queries", type=positive_int, default=100)
+    p.add_argument("--targets", type=positive_int, nargs="+", default=[5, 20, 50])
+    p.add_argument("--size", type=positive_int, default=128)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()

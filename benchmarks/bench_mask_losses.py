@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import DTYPES, measure, report  # noqa: E402
+from benchmarks.common import DTYPES, measure, new_file, positive_int, report  # noqa: E402
 from maskformer_fast import reference  # noqa: E402
 from maskformer_fast.kernels.mask_losses import mask_losses  # noqa: E402
 
@@ -72,11 +72,11 @@ def _losses_and_grad(fn, pred, target):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--masks", type=int, default=800)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--masks", type=positive_int, default=800)
+    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--scale", type=positive_int, default=4)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()

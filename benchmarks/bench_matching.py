@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scipy.optimize import linear_sum_assignment as scipy_lsa  # noqa: E402
 
 from benchmarks.bench_mask_costs import official_costs  # noqa: E402
-from benchmarks.common import measure, progress, report, synchronized  # noqa: E402
+from benchmarks.common import measure, new_file, positive_int, progress, report, synchronized  # noqa: E402
 from maskformer_fast import matching, ops  # noqa: E402
 
 MASK_WEIGHT, CLASS_WEIGHT, DICE_WEIGHT = 20.0, 1.0, 1.0
@@ -134,12 +134,12 @@ def batched_step(logits, masks, labels, targets, layers, on_host=False):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=16)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--queries", type=int, default=100)
-    p.add_argument("--targets", type=int, nargs="+", default=[5, 20, 50, 100])
-    p.add_argument("--size", type=int, default=None, help="mask side (default 128 on CUDA, 32 on CPU)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--images", type=positive_int, default=16)
+    p.add_argument("--layers", type=positive_int, default=6)
+    p.add_argument("--queries", type=positive_int, default=100)
+    p.add_argument("--targets", type=positive_int, nargs="+", default=[5, 20, 50, 100])
+    p.add_argument("--size", type=positive_int, default=None, help="mask side (default 128 on CUDA, 32 on CPU)")
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
 
     cuda = torch.cuda.is_available()

@@ -45,7 +45,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import maskformer_fast as mf  # noqa: E402
 from benchmarks import common  # noqa: E402
-from benchmarks.common import Row, device_name, peak_memory_mib, report, time_fn  # noqa: E402
+from benchmarks.common import (Row, device_name, new_file, peak_memory_mib, positive_int, preset_name,  # noqa: E402
+                               report, time_fn)
 from benchmarks.table import dict_table, markdown_table  # noqa: E402
 
 HOT_OPS = tuple(mf.ops.OPS)
@@ -111,27 +112,22 @@ def top_ops(step, engine, cuda, top=15):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="maskformer_r50_ade20k")
-    p.add_argument("--size", type=int, default=None, help="inference side (default 512; --tiny 64)")
-    p.add_argument("--batches", type=int, nargs="+", default=None, help="inference batches (CPU 1 4, CUDA 1 16)")
-    p.add_argument("--train-batch", type=int, default=None, help="default: 2 on a CPU, 8 on CUDA")
-    p.add_argument("--train-size", type=int, default=None, help="default: 256 on a CPU, 512 on CUDA")
-    p.add_argument("--masks-per-image", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per CPU row (CUDA: triton do_bench)")
+    p.add_argument("--preset", type=preset_name, default="maskformer_r50_ade20k")
+    p.add_argument("--size", type=positive_int, default=None, help="inference side (default 512; --tiny 64)")
+    p.add_argument("--batches", type=positive_int, nargs="+", default=None, help="inference batches (CPU 1 4, CUDA 1 16)")
+    p.add_argument("--train-batch", type=positive_int, default=None, help="default: 2 on a CPU, 8 on CUDA")
+    p.add_argument("--train-size", type=positive_int, default=None, help="default: 256 on a CPU, 512 on CUDA")
+    p.add_argument("--masks-per-image", type=positive_int, default=20)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed calls per CPU row (CUDA: triton do_bench)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default=None, help="default: bf16 on CUDA, none on CPU")
     p.add_argument("--engines", nargs="+", default=None, help=f"subset of {', '.join(ENGINE_NAMES)}")
     p.add_argument("--no-compile", action="store_true", help="leave out fast+compile")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass")
     p.add_argument("--tiny", action="store_true", help="the small configuration the tests run")
     p.add_argument("--out", default=None, help="folder for the json, md and png")
-    p.add_argument("--json", default=None, help="write only this JSON (the GPU suite)")
+    p.add_argument("--json", type=new_file, default=None, help="write only this JSON (the GPU suite)")
     args = p.parse_args(argv)
-    for name in ("size", "train_batch", "train_size", "threads", "repeats", "masks_per_image"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.batches is not None and min(args.batches) < 1:
-        p.error("--batches must be at least 1")
     unknown = set(args.engines or ()) - set(ENGINE_NAMES)
     if unknown:
         p.error(f"unknown engines {sorted(unknown)}; known: {', '.join(ENGINE_NAMES)}")

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import maskformer_fast as mf  # noqa: E402
-from benchmarks.common import Row, report  # noqa: E402
+from benchmarks.common import Row, new_file, positive_int, preset_name, report  # noqa: E402
 
 
 def median_ms(fn, repeats):
@@ -35,12 +35,12 @@ def median_ms(fn, repeats):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="maskformer_r50_ade20k")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--json", default=None)
+    p.add_argument("--preset", type=preset_name, default="maskformer_r50_ade20k")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--size", type=positive_int, default=512)
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     return p.parse_args(argv)
 
 

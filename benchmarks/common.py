@@ -4,6 +4,7 @@ On CUDA, times with triton.testing.do_bench (device events, median and p20/p80);
 with perf_counter over a few repeats (CPU numbers only show the scripts run: the
 interpreter is no speed reference). Peak memory is the CUDA allocator's peak.
 """
+import argparse
 import json
 import os
 import platform
@@ -19,6 +20,34 @@ from benchmarks.table import Row, markdown_table  # noqa: F401 (re-exported for 
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# argparse types: a bad value is one line and exit status 2 before any timing, never a traceback
+def new_file(path: str) -> str:
+    """An output file that does not exist yet, in a folder that does (results never overwrite a file)."""
+    if os.path.lexists(path):
+        raise argparse.ArgumentTypeError(f"{path} exists; give a new file (nothing is overwritten)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{path}: folder {folder} does not exist")
+    return path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def preset_name(text: str) -> str:
+    from maskformer_fast.config import list_presets
+    if text not in list_presets():
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r} (maskformer_fast.list_presets() names them)")
+    return text
 
 
 def progress(script: str, message: str) -> None:
@@ -89,5 +118,5 @@ def report(rows: List[Row], json_path: Optional[str] = None, sections: Optional[
 
         meta = {"device": device_name(), "torch": torch.__version__, "triton": triton.__version__,
                 "date": time.strftime("%Y-%m-%d")}
-        with open(json_path, "w") as f:
+        with open(json_path, "x") as f:  # checked new by `new_file` at parse time
             json.dump({"meta": meta, "rows": [asdict(r) for r in rows], **(sections or {})}, f, indent=1)

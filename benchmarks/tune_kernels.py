@@ -33,7 +33,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel modules are imported
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import Row, measure, report  # noqa: E402
+from benchmarks.common import Row, measure, new_file, report  # noqa: E402
 from maskformer_fast.kernels import attention, group_norm_act, hungarian, mask_costs, mask_losses  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -208,7 +208,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernel", nargs="+", default=None,
                    help=f"substrings of the sweeps to run (default all): {[s.kernel for s in all_sweeps]}")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", type=new_file, default=None, help="also write the rows to this new file")
     args = p.parse_args(argv)
     chosen = [s for s in all_sweeps if args.kernel is None or any(k in s.kernel for k in args.kernel)]
     if not chosen:

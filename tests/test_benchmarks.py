@@ -97,3 +97,26 @@ def test_tune_kernels_checks_every_candidate(tmp_path):
         assert sum(r["impl"] == "shipped" for r in mine) == 1 and len(mine) == 3, kernel
     # every candidate agreed with the shipped configuration (a failure would be reported in the row)
     assert not [r for r in rows if "failed" in r["extra"]]
+
+
+SCRIPTS = sorted(EXPECTED) + ["bench_onnx", "tune_kernels"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_arguments_are_checked_before_any_timing(script, tmp_path, capsys):
+    """An existing --json file is refused and left as it was; a missing folder or a bad number is one
+    argparse line; exit status 2 each time."""
+    import importlib
+    main = importlib.import_module(f"benchmarks.{script}").main
+    mine = tmp_path / "mine.json"
+    mine.write_text("my results")
+    cases = [(["--json", str(mine)], "mine.json exists; give a new file"),
+             (["--json", str(tmp_path / "no" / "r.json")], "does not exist")]
+    if script in ("bench_model", "bench_onnx"):
+        cases += [(["--preset", "maskformer_r18_ade20k"], "unknown preset 'maskformer_r18_ade20k'"),
+                  (["--size", "0"], "must be >= 1, got 0")]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err.strip().splitlines()[-1], argv
+    assert mine.read_text() == "my results"
