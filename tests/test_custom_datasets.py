@@ -3,6 +3,7 @@ their real formats, trained a few iterations, evaluated (mIoU recomputed from th
 their classes recorded in the checkpoint and named by predict; bad data refused in one line."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -186,3 +187,22 @@ def test_bad_custom_data_is_one_line_and_exit_2(tmp_path, capsys):
     assert train_main(*common, "--data-root", str(lonely), "--output", str(tmp_path / "c")) == 2
     err = _one_line_error(capsys)
     assert str(lonely / "images" / "train" / "extra.jpg") in err and "extra.png" in err
+
+
+@pytest.mark.parametrize("corrupt, needle", [
+    (lambda d: d["annotations"][0].pop("file_name"), "an entry lacks 'file_name'"),
+    (lambda d: d["categories"][0].pop("id"), "an entry lacks 'id'"),
+    (lambda d: d["categories"].append(dict(d["categories"][0])), "category ids repeat ([5])"),
+    (lambda d: d["annotations"][0]["segments_info"][0].update(category_id=99), "has unknown category 99"),
+    (lambda d: d["annotations"][0].update(segments_info=None), "an entry is malformed"),
+])
+def test_malformed_custom_panoptic_json_is_named(tmp_path, corrupt, needle):
+    from train.datasets import build_dataset
+    data = write_custom_panoptic(tmp_path / "data")
+    json_file = data / "annotations" / "panoptic_train.json"
+    content = json.loads(json_file.read_text())
+    corrupt(content)
+    json_file.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=re.escape(needle)) as error:
+        build_dataset("coco_panoptic_custom", str(data), "train")
+    assert str(json_file) in str(error.value)

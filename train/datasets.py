@@ -20,6 +20,7 @@ meaning are its ``DatasetSpec``):
 """
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -219,6 +220,23 @@ def _paired(spec: DatasetSpec, root: str, split: str) -> "SegmentationDataset":
     return SegmentationDataset(records, info)
 
 
+def _panoptic_record(ann: Dict, images: Dict, to_contiguous: Dict[int, int], image_dir: str, png_dir: str,
+                     json_file: str) -> Dict:
+    """One image's record from its panoptic annotation, segments labelled with contiguous classes."""
+    image = images.get(ann["image_id"])
+    if image is None:
+        raise ValueError(f"{json_file}: annotation {ann['file_name']} refers to unknown image id {ann['image_id']}")
+    segments = []
+    for seg in ann["segments_info"]:
+        if seg["category_id"] not in to_contiguous:
+            raise ValueError(f"{json_file}: segment {seg['id']} of {ann['file_name']} has unknown "
+                             f"category {seg['category_id']}")
+        segments.append(dict(seg, label=to_contiguous[seg["category_id"]]))
+    return {"file_name": os.path.join(image_dir, image["file_name"]),
+            "pan_seg_file_name": os.path.join(png_dir, ann["file_name"]),
+            "image_id": ann["image_id"], "segments_info": segments}
+
+
 def _panoptic_json(spec: DatasetSpec, root: str, split: str) -> "SegmentationDataset":
     """A COCO-panoptic-format split: json (images, annotations, categories) + RGB-id PNGs."""
     fmt = {"dir": spec.splits[split], "split": split}
@@ -234,27 +252,21 @@ def _panoptic_json(spec: DatasetSpec, root: str, split: str) -> "SegmentationDat
         raise ValueError(f"cannot parse panoptic json {json_file}: {e!r}") from None
     if not categories:
         raise ValueError(f"panoptic json {json_file} lists no categories")
-    names, colors = [], []
-    if spec.classes_from_data:
-        names = [str(c.get("name", f"category {c['id']}")) for c in categories]
-        colors = [tuple(c["color"]) for c in categories] if all("color" in c for c in categories) else []
-    info = DatasetInfo(spec.name, split, "panoptic", len(categories), spec.ignore_label, categories=categories,
-                       panoptic_json=json_file, panoptic_root=png_dir, class_names=names, class_colors=colors)
-    to_contiguous = info.dataset_id_to_contiguous
-    records = []
-    for ann in annotations:
-        image = images.get(ann["image_id"])
-        if image is None:
-            raise ValueError(f"{json_file}: annotation {ann['file_name']} refers to unknown image id {ann['image_id']}")
-        segments = []
-        for seg in ann["segments_info"]:
-            if seg["category_id"] not in to_contiguous:
-                raise ValueError(f"{json_file}: segment {seg['id']} of {ann['file_name']} has unknown "
-                                 f"category {seg['category_id']}")
-            segments.append(dict(seg, label=to_contiguous[seg["category_id"]]))
-        records.append({"file_name": os.path.join(image_dir, image["file_name"]),
-                        "pan_seg_file_name": os.path.join(png_dir, ann["file_name"]),
-                        "image_id": ann["image_id"], "segments_info": segments})
+    try:
+        names, colors = [], []
+        if spec.classes_from_data:
+            names = [str(c.get("name", f"category {c['id']}")) for c in categories]
+            colors = [tuple(c["color"]) for c in categories] if all("color" in c for c in categories) else []
+        info = DatasetInfo(spec.name, split, "panoptic", len(categories), spec.ignore_label, categories=categories,
+                           panoptic_json=json_file, panoptic_root=png_dir, class_names=names, class_colors=colors)
+        if len(info.dataset_id_to_contiguous) != len(categories):
+            raise ValueError(f"panoptic json {json_file}: category ids repeat "
+                             f"({sorted(i for i, n in Counter(c['id'] for c in categories).items() if n > 1)[:5]})")
+        records = [_panoptic_record(ann, images, info.dataset_id_to_contiguous, image_dir, png_dir, json_file)
+                   for ann in annotations]
+    except (KeyError, TypeError, AttributeError) as e:  # an entry without "id", "file_name", "segments_info"...
+        what = f"an entry lacks {e.args[0]!r}" if isinstance(e, KeyError) else f"an entry is malformed ({e})"
+        raise ValueError(f"cannot parse panoptic json {json_file}: {what}") from None
     records.sort(key=lambda r: r["file_name"])
     return SegmentationDataset(records, info)
 
