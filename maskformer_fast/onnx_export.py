@@ -67,17 +67,17 @@ class FinalOutputs(nn.Module):
 
 @contextlib.contextmanager
 def final_layer_only(model: nn.Module) -> Iterator[None]:
-    """Turn deep supervision off while exporting: the graph then computes the class and mask
-    heads of the last decoder layer only (the auxiliary outputs are for training)."""
-    predictor, decoder = model.predictor, model.predictor.transformer.decoder
-    saved = predictor.deep_supervision, decoder.return_intermediate, model.training
-    predictor.deep_supervision = decoder.return_intermediate = False
+    """Eval mode without aux outputs while exporting (``predictor.eval_aux_outputs``, the switch the
+    fast engine sets too): the graph computes the class and mask heads of the last decoder layer
+    only (the auxiliary outputs are for training)."""
+    saved = model.predictor.eval_aux_outputs, model.training
+    model.predictor.eval_aux_outputs = False
     model.eval()
     try:
         yield
     finally:
-        predictor.deep_supervision, decoder.return_intermediate = saved[:2]
-        model.train(saved[2])
+        model.predictor.eval_aux_outputs = saved[0]
+        model.train(saved[1])
 
 
 def _check_size(name: str, value: Optional[int]) -> None:
