@@ -11,7 +11,7 @@ Module tree and names follow the official code (facebookresearch/MaskFormer): ``
 ``sem_seg_head.predictor``: ``query_embed``, ``input_proj``, ``transformer.decoder``,
 ``class_embed``, ``mask_embed.layers``), plus ``criterion``.
 """
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,15 @@ class TransformerPredictor(nn.Module):
         return self.transformer(self.input_proj(x), self.query_embed.weight, self.pe_layer(x))
 
 
+def padded_hw(height, width, size_divisibility: int) -> Tuple:
+    """(H, W) rounded up to multiples of size_divisibility (0 or 1: unchanged), as ImageList.from_tensors.
+
+    (H + d - 1) // d * d, not H + (d - H % d) % d: the same integer, in the form that torch.export's
+    symbolic shapes can reason about (a dynamic-size ONNX export, onnx_export.py)."""
+    d = size_divisibility
+    return (height, width) if d <= 1 else ((height + d - 1) // d * d, (width + d - 1) // d * d)
+
+
 class MaskFormer(nn.Module):
     """Backbone + pixel decoder + transformer predictor; ``criterion`` holds the training loss.
 
@@ -157,13 +166,11 @@ class MaskFormer(nn.Module):
     def pad_images(self, images: torch.Tensor) -> torch.Tensor:
         """Zero-pad H, W (bottom/right) up to a multiple of size_divisibility (official
         ImageList.from_tensors; 0 or 1 pads nothing)."""
-        d = self.size_divisibility
-        H, W = images.shape[-2:]
-        if d <= 1:
+        if self.size_divisibility <= 1:
             return images
-        # (H + d - 1) // d * d, not H + (d - H % d) % d: the same integer, in the form that
-        # torch.export's symbolic shapes can reason about (a dynamic-size ONNX export, onnx_export.py)
-        return F.pad(images, (0, (W + d - 1) // d * d - W, 0, (H + d - 1) // d * d - H))
+        H, W = images.shape[-2:]
+        Hp, Wp = padded_hw(H, W, self.size_divisibility)
+        return F.pad(images, (0, Wp - W, 0, Hp - H))
 
     def forward(self, images: torch.Tensor) -> Dict[str, object]:
         self.check_images(images)

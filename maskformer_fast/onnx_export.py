@@ -17,13 +17,14 @@ import contextlib
 import importlib
 import os
 import tempfile
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import ops
+from .model import padded_hw
 
 __all__ = ["export_onnx", "OnnxModel", "require_onnx", "ONNX_INSTALL_HINT"]
 
@@ -158,12 +159,6 @@ def export_onnx(model: nn.Module, path: str, height: Optional[int] = None, width
     return path
 
 
-def padded_size(size: Sequence[int], size_divisibility: int):
-    """(H, W) padded up to a multiple of size_divisibility, as MaskFormer.pad_images."""
-    d = size_divisibility
-    return tuple(size) if d <= 1 else tuple(s + (d - s % d) % d for s in size)
-
-
 class OnnxModel:
     """An exported MaskFormer in onnxruntime, called like the model: images [B, 3, H, W]
     (torch, normalised) -> {"pred_logits", "pred_masks", "input_size", "padded_size"} (torch
@@ -209,4 +204,4 @@ class OnnxModel:
         input_size = tuple(images.shape[-2:])
         return {"pred_logits": torch.from_numpy(logits).to(self.device),
                 "pred_masks": torch.from_numpy(masks).to(self.device),
-                "input_size": input_size, "padded_size": padded_size(input_size, self.size_divisibility)}
+                "input_size": input_size, "padded_size": padded_hw(*input_size, self.size_divisibility)}
