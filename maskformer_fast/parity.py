@@ -142,10 +142,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def _check_args(args: argparse.Namespace) -> torch.device:
     """The device to run on; ValueError naming the first bad argument (before any model is built)."""
-    for name, least in (("batch", 1), ("size", 32), ("masks_per_image", 1)):
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {value}")
+    for name, least in (("batch", 1), ("masks_per_image", 1)):
+        if getattr(args, name) < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
+    if args.size is not None and args.size < 64:
+        # at 32 the stride-32 feature is 1x1: one key, identical decoder states for every query, so
+        # the query embeddings' float64 gradient is 0 and its "error" would be rounding noise
+        raise ValueError(f"--size must be >= 64 (below, the stride-32 feature is 1x1 and the query "
+                         f"embeddings get no gradient to compare), got {args.size}")
     if not math.isfinite(args.factor) or args.factor <= 0:
         raise ValueError(f"--factor must be a finite number > 0, got {args.factor}")
     if args.floor is not None and (not math.isfinite(args.floor) or args.floor < 0):

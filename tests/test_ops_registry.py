@@ -151,6 +151,11 @@ def test_cli_engine_flag_takes_the_ops_vocabulary(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--engine", "triton"])
     assert exit_info.value.code == 2 and "choose from" in capsys.readouterr().err
+    monkeypatch.setenv(ops.ENV_VAR, "triton")  # a bad default is refused too (argparse checks only the command line)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and "MASKFORMER_FAST_OPS='triton': must be one of eager, fast, auto" in err
 
 
 def test_every_spec_names_kernels_that_exist():

@@ -64,7 +64,7 @@ def test_parity_auto_engine_runs_what_the_default_mode_runs(monkeypatch):
 
 @pytest.mark.parametrize("args, needle", [
     (["--preset", "maskformer_r18_ade20k"], "unknown MaskFormer preset 'maskformer_r18_ade20k'"),
-    (["--size", "0"], "--size must be >= 32, got 0"),
+    (["--size", "32"], "--size must be >= 64 (below, the stride-32 feature is 1x1"),
     (["--batch", "-1"], "--batch must be >= 1, got -1"),
     (["--factor", "nan"], "--factor must be a finite number > 0, got nan"),
     (["--floor", "-1"], "--floor must be a finite number >= 0, got -1.0"),
@@ -94,3 +94,21 @@ def test_json_never_overwrites(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         parity.main([*TINY, "--json", str(existing)])
     assert exit_info.value.code == 2 and existing.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("size, vanishes", [(32, True), (64, False)])
+def test_why_the_size_is_at_least_64(size, vanishes):
+    """At 32 the stride-32 feature is 1x1: every query reads the same single key, so the decoder's
+    output does not depend on the query embeddings and their float64 gradient is 0 (rounding)."""
+    import maskformer_fast as mf
+    from maskformer_fast import ops
+    torch.manual_seed(0)
+    cfg = mf.get_config("maskformer_r50_ade20k", dropout=0.0, drop_path_rate=0.0, num_decoder_layers=2,
+                        hidden_dim=64, nheads=2, dim_feedforward=64, num_queries=10, num_classes=5)
+    model = mf.build_model(cfg).double().train()
+    images, targets = parity.random_batch(2, size, 5, 10, torch.Generator().manual_seed(0))
+    with ops.use("eager"):
+        sum(model.criterion(model(images.double()), targets).values()).backward()
+    query_grad = model.predictor.query_embed.weight.grad.abs().max().item()
+    class_grad = model.predictor.class_embed.weight.grad.abs().max().item()
+    assert class_grad > 0.1 and (query_grad < 1e-12 * class_grad) == vanishes, (query_grad, class_grad)

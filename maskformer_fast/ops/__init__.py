@@ -71,7 +71,10 @@ def use(mode: str) -> Iterator[None]:
 def add_engine_argument(parser, fast_also: str = "") -> None:
     """``--engine eager|fast|auto``, the ops mode a CLI runs under (default: MASKFORMER_FAST_OPS, else
     auto); ``fast_also`` says what else its non-eager engines do."""
-    parser.add_argument("--engine", default=os.environ.get(ENV_VAR, "auto"), choices=MODES,
+    default = os.environ.get(ENV_VAR, "auto")
+    if default not in MODES:  # argparse checks choices on the command line only, not on a default
+        parser.error(f"{ENV_VAR}={default!r}: must be one of eager, fast, auto (or unset)")
+    parser.add_argument("--engine", default=default, choices=MODES,
                         help="eager: the reference ops only, the matcher included; fast: the kernels, an unsupported "
                              "call an error (Triton on CUDA; on CPU the C++ matcher, Triton through "
                              "TRITON_INTERPRET=1); auto: the kernels where they support the call, else the "
