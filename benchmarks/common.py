@@ -17,22 +17,13 @@ from typing import Callable, List, Optional
 import torch
 
 from benchmarks.table import Row, markdown_table  # noqa: F401 (re-exported for the scripts)
+from maskformer_fast.cli_errors import new_file  # noqa: F401 (re-exported for the scripts)
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 # argparse types: a bad value is one line and exit status 2 before any timing, never a traceback
-def new_file(path: str) -> str:
-    """An output file that does not exist yet, in a folder that does (results never overwrite a file)."""
-    if os.path.lexists(path):
-        raise argparse.ArgumentTypeError(f"{path} exists; give a new file (nothing is overwritten)")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"{path}: folder {folder} does not exist")
-    return path
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -38,7 +38,7 @@ from torch import nn
 from .backbone import ResNetBackbone, SwinBackbone
 from .convert import (_SKIP_BN_COUNTER, Rule, Skip, _d2_resnet_rules, _d2_swin_rules, _hf_backbone_name,
                       _hf_resnet_rules, _hf_swin_rules, _rename, load_state_strict, read_checkpoint)
-from .weights import hf_folder_file, read_hf_folder
+from .weights import read_hf_folder
 
 __all__ = ["BackboneWeightsReport", "load_backbone_weights", "read_backbone_file"]
 
@@ -126,10 +126,10 @@ def read_backbone_file(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
     path = os.fspath(path)
     if not os.path.isdir(path):
         return read_checkpoint(path)
-    hf_folder_file(path)  # FileNotFoundError for a folder that is no HF save, before its config is read
+    tensors = read_hf_folder(path)
     if os.path.isfile(os.path.join(path, "config.json")):
         _check_hf_config(path)
-    return read_hf_folder(path)
+    return tensors
 
 
 def _check_hf_config(folder: str) -> None:

@@ -5,10 +5,12 @@ Every CLI (predict, train, make_synthetic) runs its work through :func:`run_cli`
 ``PROG: error: MESSAGE`` on stderr and exits with status 2; an unexpected failure prints one
 line naming the exception and exits with 1. ``--debug`` lets the exception through instead.
 """
+import argparse
+import os
 import sys
 from typing import Callable, TypeVar
 
-__all__ = ["CliError", "BAD_INPUT", "one_line", "run_cli", "torch_load_reason"]
+__all__ = ["CliError", "BAD_INPUT", "one_line", "run_cli", "torch_load_reason", "new_file"]
 
 T = TypeVar("T")
 
@@ -87,3 +89,14 @@ def torch_load_reason(error: BaseException) -> str:
     if reason == type(error).__name__ or "unexpected pos" in reason or "PytorchStreamReader" in reason:
         return f"not a complete torch file (empty, truncated or corrupt: {reason})"
     return reason
+
+
+def new_file(path: str) -> str:
+    """argparse type of an output file that does not exist yet, in a folder that does (a CLI's
+    results never overwrite a file): a bad path is one argparse line and exit status 2."""
+    if os.path.lexists(path):
+        raise argparse.ArgumentTypeError(f"{path} exists; give a new file (nothing is overwritten)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{path}: folder {folder} does not exist")
+    return path

@@ -36,6 +36,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .cli_errors import new_file
+
 __all__ = ["ParityRow", "random_batch", "compare", "main"]
 
 
@@ -134,7 +136,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--floor", type=float, default=None,
                    help="absolute slack for quantities eager gets (almost) exactly; default 1e-6 fp32, 1e-3 amp")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the rows to this new file (an existing one is refused)")
+    p.add_argument("--json", type=new_file, default=None,
+                   help="also write the rows to this new file (an existing one is refused)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config field overrides")
     return p.parse_args(argv)
@@ -160,12 +163,6 @@ def _check_args(args: argparse.Namespace) -> torch.device:
         raise ValueError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: this machine has no CUDA device")
-    if args.json:
-        if os.path.lexists(args.json):
-            raise FileExistsError(f"--json {args.json} exists; give a new file (nothing is overwritten)")
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"--json {args.json}: folder {folder} does not exist")
     for item in args.overrides:
         if "=" not in item:
             raise ValueError(f"config override {item!r} is not KEY=VALUE")
